@@ -1,0 +1,43 @@
+"""Roles are Django groups; each carries the permissions that its people need, no more.
+
+The workflow core checks permissions (not group names), so a site may grant a permission
+to a person directly or define further groups in the admin.
+"""
+
+from django.apps import apps
+from django.contrib.auth.management import create_permissions
+from django.contrib.auth.models import Group, Permission
+
+ROLE_PERMISSIONS: dict[str, list[str]] = {
+    "scheduler": ["ris.schedule_exam", "ris.reconcile_exam", "ris.view_requestedprocedure", "ris.view_patient"],
+    "technologist": ["ris.perform_exam", "ris.view_requestedprocedure", "ris.view_patient"],
+    "radiologist": ["ris.sign_report", "ris.view_requestedprocedure", "ris.view_patient", "ris.view_report"],
+    "admin": [
+        "ris.schedule_exam",
+        "ris.perform_exam",
+        "ris.reconcile_exam",
+        "ris.view_requestedprocedure",
+        "ris.view_patient",
+        "ris.view_report",
+        "ris.view_auditevent",
+        "worklist.add_modality",
+        "worklist.change_modality",
+        "worklist.delete_modality",
+        "worklist.view_modality",
+    ],
+}
+ROLES = tuple(ROLE_PERMISSIONS)
+
+
+def ensure_roles(**_kwargs) -> None:
+    """Create the role groups with their permissions (runs after every migrate)."""
+    # post_migrate runs app by app; make sure the permissions of later apps exist already.
+    for app_config in apps.get_app_configs():
+        create_permissions(app_config, verbosity=0)
+    for role, perms in ROLE_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        wanted = []
+        for dotted in perms:
+            app_label, codename = dotted.split(".")
+            wanted.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        group.permissions.set(wanted)

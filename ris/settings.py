@@ -1,0 +1,203 @@
+"""Settings for the RIS, read from the environment in one place.
+
+The variables and their defaults are the outside contract (shared/design/contract.md):
+with nothing set, the RIS runs on the embedded default (SQLite + a serverless Celery
+broker); production sets DATABASE_URL=postgres://... and CELERY_BROKER_URL=amqp://...
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return env(name, "1" if default else "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def env_int(name: str, default: int) -> int:
+    return int(env(name, str(default)))
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a sqlite:/// URL; relative paths are relative to the checkout."""
+    name = url.split("sqlite:///", 1)[1]
+    return name if os.path.isabs(name) else str(BASE_DIR / name)
+
+
+# --- Core Django -------------------------------------------------------------
+
+SECRET_KEY = env("RIS_SECRET_KEY", "insecure-development-key-set-RIS_SECRET_KEY-in-production")
+DEBUG = env_bool("RIS_DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in env("RIS_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("RIS_CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "ris",
+    "worklist",
+    "hl7",
+    "reports",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "ris.urls"
+WSGI_APPLICATION = "ris.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------
+
+DATABASE_URL = env("DATABASE_URL", "sqlite:///var/ris.sqlite3")
+if DATABASE_URL.startswith("sqlite:///"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": sqlite_path(DATABASE_URL),
+            "OPTIONS": {
+                # Several processes (web, MLLP, DICOM, worker) write at once: WAL lets readers
+                # go on while one writes, IMMEDIATE takes the write lock at BEGIN (no upgrade
+                # deadlocks) and the timeout makes writers queue instead of failing.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+            "TEST": {"NAME": str(VAR_DIR / "test-ris.sqlite3")},
+        }
+    }
+else:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth, i18n, static --------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("vi", "Tiếng Việt")]
+USE_I18N = True
+USE_TZ = True
+TIME_ZONE = "UTC"  # storage is UTC; RIS_TIME_ZONE is the zone of HL7/DICOM local times
+RIS_TIME_ZONE = env("RIS_TIME_ZONE", "UTC")
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+REST_FRAMEWORK = {
+    # Token first, so an anonymous API call is told 401 with WWW-Authenticate: Token.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+# --- Listeners (contract) --------------------------------------------------------
+
+RIS_BIND = env("RIS_BIND", "127.0.0.1")
+RIS_HTTP_PORT = env_int("RIS_HTTP_PORT", 8000)
+RIS_MLLP_PORT = env_int("RIS_MLLP_PORT", 2575)
+RIS_DICOM_PORT = env_int("RIS_DICOM_PORT", 11112)
+RIS_AE_TITLE = env("RIS_AE_TITLE", "RIS")
+RIS_DICOM_ALLOW_ANY_AE = env_bool("RIS_DICOM_ALLOW_ANY_AE", False)
+RIS_DICOM_MAX_ASSOCIATIONS = env_int("RIS_DICOM_MAX_ASSOCIATIONS", 32)
+RIS_STORAGE_DIR = Path(env("RIS_STORAGE_DIR", "var/dicom"))
+if not RIS_STORAGE_DIR.is_absolute():
+    RIS_STORAGE_DIR = BASE_DIR / RIS_STORAGE_DIR
+RIS_HIS_MLLP = env("RIS_HIS_MLLP")
+RIS_FHIR_BASE_URL = env("RIS_FHIR_BASE_URL")
+RIS_REPORT_OUTPUT = env("RIS_REPORT_OUTPUT", "oru")
+RIS_PACS = env("RIS_PACS")
+RIS_ARRIVAL_QUIET_SECONDS = env_int("RIS_ARRIVAL_QUIET_SECONDS", 5)
+RIS_MLLP_MAX_FRAME_BYTES = env_int("RIS_MLLP_MAX_FRAME_BYTES", 1024 * 1024)
+RIS_MLLP_IDLE_TIMEOUT = env_int("RIS_MLLP_IDLE_TIMEOUT", 300)
+
+# Identifiers the RIS assigns when an order does not carry them.
+RIS_ACCESSION_PREFIX = env("RIS_ACCESSION_PREFIX", "A")
+RIS_UID_ROOT = env("RIS_UID_ROOT", "1.2.826.0.1.3680043.10.1451")  # override with the site's own OID root
+RIS_FACILITY = env("RIS_FACILITY", "RAD")
+
+# --- Celery ----------------------------------------------------------------------
+
+# The embedded broker is kombu's SQLAlchemy transport on its own SQLite file: no server,
+# messages are rows that survive a restart, and a separate worker process consumes them.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}")
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {"connect_args": {"timeout": 30}, "polling_interval": 0.5} if CELERY_BROKER_URL.startswith("sqla+sqlite") else {}
+)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = env("RIS_CELERY_QUEUE", "ris")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE = {
+    "worker-heartbeat": {"task": "ris.tasks.heartbeat", "schedule": 30.0},
+}
+
+# --- Logging ----------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("RIS_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "pynetdicom": {"level": "WARNING"},
+        "django.db.backends": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,722 @@
+"""The exam life cycle: the one place where exam, step, MPPS and report states change.
+
+HL7, DICOM and the web UI are adapters: they turn their wire format into calls on the
+functions here and turn the results (or a WorkflowError) back into their own answers.
+Every function runs in one transaction, locks the exam rows it changes, checks each status
+change against the tables below, and writes an AuditEvent naming the actor. Work that
+must leave the process (worklist refresh, outbound messages) is queued with
+transaction.on_commit, so nothing is announced that was not committed.
+
+Life cycle (contract.md): ORDERED → SCHEDULED → IN_PROGRESS → COMPLETED →
+READY_FOR_READING → PRELIMINARY → FINAL → AMENDED, with CANCELLED and DISCONTINUED.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.dispatch import Signal
+from django.utils import timezone
+
+from ris.models import (
+    ActorKind,
+    AuditEvent,
+    ExamStatus,
+    ExpectedInstance,
+    ImagingOrder,
+    OutboundMessage,
+    Patient,
+    PatientIdentifier,
+    PerformedStatus,
+    PerformedStep,
+    Priority,
+    Report,
+    ReportStatus,
+    RequestedProcedure,
+    ScheduledStep,
+    StepStatus,
+)
+
+E, S, P = ExamStatus, StepStatus, PerformedStatus
+
+# --- Transition tables ---------------------------------------------------------------
+
+EXAM_TRANSITIONS: dict[str, frozenset[str]] = {
+    E.ORDERED: frozenset({E.SCHEDULED, E.IN_PROGRESS, E.CANCELLED, E.DISCONTINUED}),
+    E.SCHEDULED: frozenset({E.ORDERED, E.SCHEDULED, E.IN_PROGRESS, E.CANCELLED, E.DISCONTINUED}),
+    E.IN_PROGRESS: frozenset({E.COMPLETED, E.DISCONTINUED}),
+    # Back to IN_PROGRESS: a further MPPS for the same exam (the "append" case).
+    E.COMPLETED: frozenset({E.READY_FOR_READING, E.IN_PROGRESS}),
+    E.READY_FOR_READING: frozenset({E.PRELIMINARY, E.FINAL, E.IN_PROGRESS}),
+    E.PRELIMINARY: frozenset({E.PRELIMINARY, E.FINAL}),
+    E.FINAL: frozenset({E.AMENDED}),
+    E.AMENDED: frozenset({E.AMENDED}),
+    # A discontinued exam may be rescheduled (a new worklist item) or given up.
+    E.DISCONTINUED: frozenset({E.SCHEDULED, E.CANCELLED}),
+    E.CANCELLED: frozenset(),
+}
+
+STEP_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.SCHEDULED: frozenset({S.SCHEDULED, S.ARRIVED, S.STARTED, S.CANCELLED, S.DISCONTINUED}),
+    S.ARRIVED: frozenset({S.SCHEDULED, S.STARTED, S.CANCELLED, S.DISCONTINUED}),
+    S.STARTED: frozenset({S.COMPLETED, S.DISCONTINUED}),
+    S.COMPLETED: frozenset({S.STARTED}),
+    S.DISCONTINUED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+PERFORMED_TRANSITIONS: dict[str, frozenset[str]] = {
+    P.IN_PROGRESS: frozenset({P.COMPLETED, P.DISCONTINUED}),
+    P.COMPLETED: frozenset(),
+    P.DISCONTINUED: frozenset(),
+}
+
+OPEN_STEP_STATUSES = frozenset({S.SCHEDULED, S.ARRIVED})
+FINAL_STEP_STATUSES = frozenset({S.COMPLETED, S.DISCONTINUED, S.CANCELLED})
+REPORTABLE_STATUSES = frozenset({E.READY_FOR_READING, E.PRELIMINARY})
+SIGNED_STATUSES = frozenset({E.FINAL, E.AMENDED})
+
+# Sent inside the transaction whenever scheduled steps change (new, moved, status, patient
+# data), so the worklist can prepare their answers before the change commits.
+scheduled_steps_changed = Signal()  # kwargs: steps (list[ScheduledStep])
+# Sent on commit after a report version was signed and its outbox rows written.
+report_signed = Signal()  # kwargs: report (Report), outbound (list[OutboundMessage])
+
+
+class WorkflowError(Exception):
+    """A request the workflow refuses, with a reason fit to show the sender.
+
+    `code` is stable for adapters to map: "illegal_transition", "in_progress", "not_found",
+    "duplicate", "invalid", "permission_denied". `field` names the input at fault, if any.
+    """
+
+    def __init__(self, code: str, reason: str, field: str = "") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who causes a change: a user, a DICOM AE, an HL7 sender or the system itself."""
+
+    kind: str
+    name: str
+    user: Any = None
+    address: str = ""
+
+    @classmethod
+    def for_user(cls, user, address: str = "") -> Actor:
+        return cls(ActorKind.USER, user.get_username(), user, address)
+
+    @classmethod
+    def for_ae(cls, ae_title: str, address: str = "") -> Actor:
+        return cls(ActorKind.AE, ae_title, None, address)
+
+    @classmethod
+    def for_hl7(cls, application: str, facility: str = "", address: str = "") -> Actor:
+        return cls(ActorKind.HL7, f"{application}^{facility}" if facility else application, None, address)
+
+
+SYSTEM = Actor(ActorKind.SYSTEM, "system")
+
+
+def check_exam_transition(current: str, new: str) -> None:
+    if new not in EXAM_TRANSITIONS[current]:
+        if current == E.IN_PROGRESS and new in (E.CANCELLED, E.SCHEDULED, E.ORDERED):
+            raise WorkflowError("in_progress", "exam is in progress at the modality and cannot be changed")
+        raise WorkflowError("illegal_transition", f"an exam cannot go from {current} to {new}")
+
+
+def check_step_transition(current: str, new: str) -> None:
+    if new not in STEP_TRANSITIONS[current]:
+        raise WorkflowError("illegal_transition", f"a scheduled step cannot go from {current} to {new}")
+
+
+def check_performed_transition(current: str, new: str) -> None:
+    if new not in PERFORMED_TRANSITIONS[current]:
+        raise WorkflowError("illegal_transition", f"Performed Procedure Step is {current} and may no longer be updated")
+
+
+def audit(
+    actor: Actor,
+    action: str,
+    *,
+    exam: RequestedProcedure | None = None,
+    patient: Patient | None = None,
+    outcome: str = "success",
+    **detail: Any,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        actor_kind=actor.kind,
+        actor=actor.name,
+        user=actor.user if actor.user is not None and actor.user.pk else None,
+        source_address=actor.address,
+        action=action,
+        outcome=outcome,
+        requested_procedure=exam,
+        patient=patient if patient is not None else (exam.order.patient if exam is not None else None),
+        detail=detail,
+    )
+
+
+def _set_exam_status(exam: RequestedProcedure, new: str, actor: Actor, action: str, **detail: Any) -> None:
+    check_exam_transition(exam.status, new)
+    old, exam.status, exam.status_changed_at = exam.status, new, timezone.now()
+    exam.save(update_fields=["status", "status_changed_at", "updated_at"])
+    audit(actor, action, exam=exam, old_status=old, new_status=new, **detail)
+
+
+def _set_step_status(step: ScheduledStep, new: str) -> None:
+    check_step_transition(step.status, new)
+    step.status, step.status_changed_at = new, timezone.now()
+    step.save(update_fields=["status", "status_changed_at", "updated_at"])
+
+
+def _lock_exam(exam: RequestedProcedure) -> RequestedProcedure:
+    return RequestedProcedure.objects.select_for_update().select_related("order__patient").get(pk=exam.pk)
+
+
+def _announce(steps: Iterable[ScheduledStep]) -> None:
+    steps = list(steps)
+    if steps:
+        scheduled_steps_changed.send(sender=ScheduledStep, steps=steps)
+
+
+def _require_permission(actor: Actor, perm: str, what: str) -> None:
+    if actor.kind == ActorKind.USER and not actor.user.has_perm(perm):
+        raise WorkflowError("permission_denied", f"{actor.name} may not {what}")
+
+
+# --- Identifiers the RIS assigns -------------------------------------------------------
+
+
+def new_uid() -> str:
+    """A globally unique DICOM UID under the site's root (a UUID as a decimal, PS3.5 B.2)."""
+    return f"{settings.RIS_UID_ROOT}.{uuid.uuid4().int}"[:64]
+
+
+def new_accession_number() -> str:
+    """A fresh accession number: prefix + date + random part, at most 16 characters (SH)."""
+    today = timezone.now().strftime("%y%m%d")
+    return f"{settings.RIS_ACCESSION_PREFIX}{today}{uuid.uuid4().int % 10**8:08d}"[:16]
+
+
+def new_short_id() -> str:
+    """Requested Procedure ID / SPS ID when the order carries none (SH, 16 characters)."""
+    return uuid.uuid4().hex[:16].upper()
+
+
+# --- Patients (RAD-1, RAD-12) --------------------------------------------------------
+
+
+@dataclass
+class Demographics:
+    family_name: str = ""
+    given_name: str = ""
+    middle_name: str = ""
+    name_prefix: str = ""
+    name_suffix: str = ""
+    birth_date: dt.date | None = None
+    sex: str = ""
+
+
+def _open_steps_of_patient(patient: Patient) -> list[ScheduledStep]:
+    return list(
+        ScheduledStep.objects.filter(
+            requested_procedure__order__patient=patient, status__in=OPEN_STEP_STATUSES
+        ).select_related("requested_procedure__order__patient")
+    )
+
+
+@transaction.atomic
+def register_patient(actor: Actor, patient_id: str, issuer: str, demographics: Demographics) -> Patient:
+    """Create the patient, or update the demographics of the one with this id and issuer."""
+    if not patient_id:
+        raise WorkflowError("invalid", "patient identifier is missing", field="patient_id")
+    patient, created = Patient.objects.select_for_update().get_or_create(patient_id=patient_id, issuer=issuer)
+    if patient.merged_into_id:
+        raise WorkflowError("invalid", f"patient {patient_id} was merged into another record", field="patient_id")
+    changed = {k: v for k, v in vars(demographics).items() if getattr(patient, k) != v}
+    for name, value in changed.items():
+        setattr(patient, name, value)
+    if created or changed:
+        patient.save()
+        audit(actor, "patient.registered" if created else "patient.updated", patient=patient, changed=sorted(changed))
+        if not created:
+            _announce(_open_steps_of_patient(patient))
+    return patient
+
+
+@transaction.atomic
+def merge_patients(actor: Actor, survivor: Patient, merged: Patient) -> Patient:
+    """ADT^A40: the merged record's orders and exams move to the survivor; its id is kept as an
+    extra identifier of the survivor, and the merged record points at the survivor."""
+    if survivor.pk == merged.pk:
+        raise WorkflowError("invalid", "a patient cannot be merged into itself")
+    survivor = Patient.objects.select_for_update().get(pk=survivor.pk)
+    merged = Patient.objects.select_for_update().get(pk=merged.pk)
+    if merged.merged_into_id:
+        raise WorkflowError("invalid", f"patient {merged.patient_id} was already merged")
+    moved_orders = list(merged.orders.values_list("pk", flat=True))
+    merged.orders.update(patient=survivor)
+    merged.identifiers.update(patient=survivor)
+    PatientIdentifier.objects.get_or_create(
+        value=merged.patient_id, issuer=merged.issuer, defaults={"patient": survivor, "kind": "MERGED"}
+    )
+    merged.merged_into, merged.merged_at = survivor, timezone.now()
+    merged.save(update_fields=["merged_into", "merged_at", "updated_at"])
+    detail = {"survivor": survivor.patient_id, "merged": merged.patient_id, "orders": moved_orders}
+    audit(actor, "patient.merged", patient=survivor, **detail)
+    audit(actor, "patient.merged_away", patient=merged, **detail)
+    _announce(_open_steps_of_patient(survivor))
+    return survivor
+
+
+# --- Orders (RAD-2, RAD-13; UI order entry) ---------------------------------------------
+
+
+@dataclass
+class StepRequest:
+    modality: str
+    start: dt.datetime | None = None
+    station_ae_title: str = ""
+    station_name: str = ""
+    location: str = ""
+    sps_id: str = ""
+    description: str = ""
+    protocol_codes: list[dict[str, str]] = field(default_factory=list)
+    performing_physician: str = ""
+
+
+@dataclass
+class ProcedureRequest:
+    modality: str
+    procedure_code: str = ""
+    procedure_code_scheme: str = ""
+    procedure_description: str = ""
+    accession_number: str = ""
+    accession_issuer: str = ""
+    requested_procedure_id: str = ""
+    study_instance_uid: str = ""
+    steps: list[StepRequest] = field(default_factory=list)
+
+
+@dataclass
+class OrderRequest:
+    placer_order_number: str = ""
+    placer_issuer: str = ""
+    filler_order_number: str = ""
+    filler_issuer: str = ""
+    ordering_physician: str = ""
+    referring_physician: str = ""
+    reason: str = ""
+    priority: str = Priority.ROUTINE
+    admission_id: str = ""
+    patient_location: str = ""
+    medical_alerts: str = ""
+    allergies: str = ""
+    patient_state: str = ""
+    pregnancy_status: int | None = None
+    transport_arrangements: str = ""
+    source_application: str = ""
+    source_facility: str = ""
+    procedures: list[ProcedureRequest] = field(default_factory=list)
+
+
+@transaction.atomic
+def place_order(actor: Actor, patient: Patient, request: OrderRequest) -> ImagingOrder:
+    """A new order with its exams and steps. An exam whose steps all have a start time is
+    SCHEDULED (its steps are on the worklist at commit); otherwise it waits ORDERED for a slot."""
+    _require_permission(actor, "ris.schedule_exam", "place orders")
+    if not request.procedures:
+        raise WorkflowError("invalid", "an order needs at least one requested procedure", field="procedures")
+    if (
+        request.placer_order_number
+        and ImagingOrder.objects.filter(
+            placer_order_number=request.placer_order_number, placer_issuer=request.placer_issuer
+        ).exists()
+    ):
+        raise WorkflowError(
+            "duplicate",
+            f"placer order number {request.placer_order_number} already exists",
+            field="placer_order_number",
+        )
+    order_fields = {k: v for k, v in vars(request).items() if k != "procedures"}
+    order_fields["filler_order_number"] = request.filler_order_number or new_short_id()
+    order = ImagingOrder.objects.create(patient=patient, **order_fields)
+    audit(actor, "order.placed", patient=patient, placer=order.placer_order_number, filler=order.filler_order_number)
+    for procedure in request.procedures:
+        _create_exam(actor, order, procedure)
+    return order
+
+
+def _create_exam(actor: Actor, order: ImagingOrder, procedure: ProcedureRequest) -> RequestedProcedure:
+    accession = procedure.accession_number or new_accession_number()
+    if RequestedProcedure.objects.filter(
+        accession_number=accession, accession_issuer=procedure.accession_issuer
+    ).exists():
+        raise WorkflowError("duplicate", f"accession number {accession} already exists", field="accession_number")
+    study_uid = procedure.study_instance_uid or new_uid()
+    if RequestedProcedure.objects.filter(study_instance_uid=study_uid).exists():
+        raise WorkflowError("duplicate", f"Study Instance UID {study_uid} already exists", field="study_instance_uid")
+    exam = RequestedProcedure.objects.create(
+        order=order,
+        accession_number=accession,
+        accession_issuer=procedure.accession_issuer,
+        requested_procedure_id=procedure.requested_procedure_id or accession,
+        study_instance_uid=study_uid,
+        procedure_code=procedure.procedure_code,
+        procedure_code_scheme=procedure.procedure_code_scheme,
+        procedure_description=procedure.procedure_description,
+        modality=procedure.modality,
+        status=E.ORDERED,
+    )
+    audit(actor, "exam.ordered", exam=exam, new_status=E.ORDERED)
+    steps = procedure.steps or [StepRequest(modality=procedure.modality, description=procedure.procedure_description)]
+    created = [
+        ScheduledStep.objects.create(
+            requested_procedure=exam,
+            sps_id=s.sps_id or new_short_id(),
+            modality=s.modality or procedure.modality,
+            station_ae_title=s.station_ae_title,
+            station_name=s.station_name,
+            location=s.location,
+            start=s.start,
+            description=s.description or procedure.procedure_description,
+            protocol_codes=s.protocol_codes,
+            performing_physician=s.performing_physician,
+        )
+        for s in steps
+    ]
+    if all(s.start is not None for s in created):
+        _set_exam_status(exam, E.SCHEDULED, actor, "exam.scheduled", steps=[s.sps_id for s in created])
+    _announce(created)
+    return exam
+
+
+@transaction.atomic
+def schedule_exam(
+    actor: Actor,
+    exam: RequestedProcedure,
+    *,
+    start: dt.datetime,
+    station_ae_title: str | None = None,
+    station_name: str | None = None,
+    location: str | None = None,
+) -> RequestedProcedure:
+    """Give an ORDERED exam its slot, or move a SCHEDULED (or DISCONTINUED) one to another.
+    The exam's open steps take the new start and station; a discontinued exam gets a new step."""
+    _require_permission(actor, "ris.schedule_exam", "schedule exams")
+    exam = _lock_exam(exam)
+    check_exam_transition(exam.status, E.SCHEDULED)
+    steps = list(exam.scheduled_steps.filter(status__in=OPEN_STEP_STATUSES))
+    if not steps:
+        last = exam.scheduled_steps.order_by("-id").first()
+        steps = [
+            ScheduledStep(
+                requested_procedure=exam,
+                sps_id=new_short_id(),
+                modality=last.modality if last else exam.modality,
+                description=last.description if last else exam.procedure_description,
+                protocol_codes=last.protocol_codes if last else [],
+            )
+        ]
+    for step in steps:
+        step.start = start
+        step.station_ae_title = step.station_ae_title if station_ae_title is None else station_ae_title
+        step.station_name = step.station_name if station_name is None else station_name
+        step.location = step.location if location is None else location
+        step.save()
+    _set_exam_status(
+        exam,
+        E.SCHEDULED,
+        actor,
+        "exam.scheduled",
+        start=start.isoformat(),
+        station_ae_title=steps[0].station_ae_title,
+        steps=[s.sps_id for s in steps],
+    )
+    _announce(steps)
+    return exam
+
+
+@transaction.atomic
+def cancel_exam(actor: Actor, exam: RequestedProcedure, reason: str = "") -> RequestedProcedure:
+    """Cancel before the modality started: its steps leave the worklist. Refused once an MPPS
+    is IN PROGRESS (HL7 answers "unable to cancel")."""
+    _require_permission(actor, "ris.schedule_exam", "cancel exams")
+    exam = _lock_exam(exam)
+    check_exam_transition(exam.status, E.CANCELLED)
+    steps = list(exam.scheduled_steps.filter(status__in=OPEN_STEP_STATUSES))
+    for step in steps:
+        _set_step_status(step, S.CANCELLED)
+    _set_exam_status(exam, E.CANCELLED, actor, "exam.cancelled", reason=reason)
+    _announce(steps)
+    return exam
+
+
+@transaction.atomic
+def discontinue_exam(actor: Actor, exam: RequestedProcedure, reason: str = "") -> RequestedProcedure:
+    """Stop an exam (HL7 DC): every step not yet final is discontinued; performed data stays."""
+    _require_permission(actor, "ris.schedule_exam", "discontinue exams")
+    exam = _lock_exam(exam)
+    check_exam_transition(exam.status, E.DISCONTINUED)
+    steps = list(exam.scheduled_steps.exclude(status__in=FINAL_STEP_STATUSES))
+    for step in steps:
+        _set_step_status(step, S.DISCONTINUED)
+    _set_exam_status(exam, E.DISCONTINUED, actor, "exam.discontinued", reason=reason)
+    _announce(steps)
+    return exam
+
+
+@transaction.atomic
+def record_patient_arrived(actor: Actor, exam: RequestedProcedure) -> RequestedProcedure:
+    """The patient is at the department: SCHEDULED steps become ARRIVED (exam stays SCHEDULED)."""
+    _require_permission(actor, "ris.perform_exam", "record patient arrival")
+    exam = _lock_exam(exam)
+    if exam.status != E.SCHEDULED:
+        raise WorkflowError(
+            "illegal_transition", f"arrival can only be recorded for a SCHEDULED exam, not {exam.status}"
+        )
+    steps = list(exam.scheduled_steps.filter(status=S.SCHEDULED))
+    for step in steps:
+        _set_step_status(step, S.ARRIVED)
+    audit(actor, "exam.patient_arrived", exam=exam, steps=[s.sps_id for s in steps])
+    _announce(steps)
+    return exam
+
+
+# --- Performed steps (RAD-6, RAD-7) ----------------------------------------------------
+
+
+@dataclass
+class ExpectedImage:
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str = ""
+
+
+def _exams_of(steps: Sequence[ScheduledStep]) -> list[RequestedProcedure]:
+    ids = sorted({s.requested_procedure_id for s in steps})
+    return list(RequestedProcedure.objects.select_for_update().select_related("order__patient").filter(pk__in=ids))
+
+
+@transaction.atomic
+def start_performed_step(
+    actor: Actor,
+    sop_instance_uid: str,
+    steps: Sequence[ScheduledStep],
+    *,
+    attributes: dict | None = None,
+    modality: str = "",
+    pps_id: str = "",
+    started_at: dt.datetime | None = None,
+) -> PerformedStep:
+    """MPPS N-CREATE (IN PROGRESS): the steps it names are STARTED and leave the worklist; their
+    exams are IN_PROGRESS. Several steps = the group case."""
+    if PerformedStep.objects.filter(sop_instance_uid=sop_instance_uid).exists():
+        raise WorkflowError("duplicate", f"MPPS {sop_instance_uid} already exists")
+    if not steps:
+        raise WorkflowError("invalid", "an MPPS must name at least one scheduled step")
+    exams = _exams_of(steps)
+    steps = list(ScheduledStep.objects.select_for_update().filter(pk__in=[s.pk for s in steps]))
+    for exam in exams:
+        if exam.status != E.IN_PROGRESS:
+            _set_exam_status(exam, E.IN_PROGRESS, actor, "exam.started", mpps=sop_instance_uid)
+    for step in steps:
+        _set_step_status(step, S.STARTED)
+    performed = PerformedStep.objects.create(
+        sop_instance_uid=sop_instance_uid,
+        status=P.IN_PROGRESS,
+        performed_station_ae_title=actor.name if actor.kind == ActorKind.AE else "",
+        modality=modality,
+        pps_id=pps_id,
+        started_at=started_at or timezone.now(),
+        attributes=attributes or {},
+    )
+    performed.scheduled_steps.set(steps)
+    _announce(steps)
+    return performed
+
+
+def _lock_performed(performed: PerformedStep) -> PerformedStep:
+    return PerformedStep.objects.select_for_update().get(pk=performed.pk)
+
+
+@transaction.atomic
+def complete_performed_step(
+    actor: Actor,
+    performed: PerformedStep,
+    expected: Sequence[ExpectedImage] = (),
+    *,
+    attributes: dict | None = None,
+    ended_at: dt.datetime | None = None,
+) -> PerformedStep:
+    """MPPS N-SET COMPLETED: its steps are COMPLETED; an exam whose steps are all final is
+    COMPLETED, waiting for the listed instances to arrive."""
+    return _finish_performed_step(actor, performed, P.COMPLETED, expected, attributes, ended_at, "")
+
+
+@transaction.atomic
+def discontinue_performed_step(
+    actor: Actor,
+    performed: PerformedStep,
+    expected: Sequence[ExpectedImage] = (),
+    *,
+    reason: str = "",
+    attributes: dict | None = None,
+    ended_at: dt.datetime | None = None,
+) -> PerformedStep:
+    """MPPS N-SET DISCONTINUED: its steps are DISCONTINUED. An exam with no completed step is
+    DISCONTINUED (offered for rescheduling); one with a completed step is COMPLETED."""
+    return _finish_performed_step(actor, performed, P.DISCONTINUED, expected, attributes, ended_at, reason)
+
+
+def _finish_performed_step(actor, performed, new_status, expected, attributes, ended_at, reason) -> PerformedStep:
+    performed = _lock_performed(performed)
+    check_performed_transition(performed.status, new_status)
+    steps = list(performed.scheduled_steps.all())
+    exams = _exams_of(steps)
+    step_status = S.COMPLETED if new_status == P.COMPLETED else S.DISCONTINUED
+    for step in steps:
+        _set_step_status(step, step_status)
+    performed.status = new_status
+    performed.ended_at = ended_at or timezone.now()
+    performed.discontinuation_reason = reason
+    if attributes is not None:
+        performed.attributes = attributes
+    performed.save()
+    ExpectedInstance.objects.bulk_create(
+        [
+            ExpectedInstance(
+                performed_step=performed,
+                series_instance_uid=e.series_instance_uid,
+                sop_instance_uid=e.sop_instance_uid,
+                sop_class_uid=e.sop_class_uid,
+            )
+            for e in expected
+        ],
+        ignore_conflicts=True,
+    )
+    for exam in exams:
+        statuses = set(exam.scheduled_steps.values_list("status", flat=True))
+        if not statuses <= FINAL_STEP_STATUSES:
+            continue
+        final = E.COMPLETED if S.COMPLETED in statuses else E.DISCONTINUED
+        _set_exam_status(
+            exam,
+            final,
+            actor,
+            f"exam.{final.lower()}",
+            mpps=performed.sop_instance_uid,
+            reason=reason,
+            expected_instances=len(expected),
+        )
+    return performed
+
+
+@transaction.atomic
+def mark_ready_for_reading(actor: Actor, exam: RequestedProcedure, *, override_reason: str = "") -> RequestedProcedure:
+    """All listed images arrived (arrival tracking), or a person accepts the exam as it is
+    (override_reason says why; the QA problem is cleared)."""
+    if override_reason:
+        _require_permission(actor, "ris.reconcile_exam", "accept incomplete exams")
+    exam = _lock_exam(exam)
+    _set_exam_status(exam, E.READY_FOR_READING, actor, "exam.ready_for_reading", override_reason=override_reason)
+    if exam.qa_problem and override_reason:
+        exam.qa_problem = ""
+        exam.save(update_fields=["qa_problem", "updated_at"])
+    return exam
+
+
+# --- Reports -------------------------------------------------------------------------
+
+REPORT_DESTINATIONS = {"oru": ("oru",), "fhir": ("fhir",), "both": ("oru", "fhir")}
+
+
+def report_destinations() -> tuple[str, ...]:
+    """Where signed reports go: RIS_REPORT_OUTPUT, limited to the peers that are configured."""
+    configured = {"oru": bool(settings.RIS_HIS_MLLP), "fhir": bool(settings.RIS_FHIR_BASE_URL)}
+    return tuple(d for d in REPORT_DESTINATIONS.get(settings.RIS_REPORT_OUTPUT, ("oru",)) if configured[d])
+
+
+@transaction.atomic
+def save_report_draft(actor: Actor, exam: RequestedProcedure, *, findings: str, impression: str) -> Report:
+    """Keep a draft (not signed, nothing sent, exam status unchanged). The latest unsigned draft
+    is updated in place; signed versions never are."""
+    _require_permission(actor, "ris.sign_report", "write reports")
+    exam = _lock_exam(exam)
+    if exam.status not in REPORTABLE_STATUSES | SIGNED_STATUSES:
+        raise WorkflowError("illegal_transition", f"an exam in status {exam.status} cannot be reported yet")
+    latest = exam.reports.order_by("-version").first()
+    if latest and latest.status == ReportStatus.DRAFT:
+        latest.findings, latest.impression = findings, impression
+        latest.save(update_fields=["findings", "impression"])
+        return latest
+    return Report.objects.create(
+        requested_procedure=exam,
+        version=(latest.version + 1) if latest else 1,
+        status=ReportStatus.DRAFT,
+        findings=findings,
+        impression=impression,
+        author=actor.user,
+        supersedes=None,
+    )
+
+
+@transaction.atomic
+def sign_report(actor: Actor, exam: RequestedProcedure, *, findings: str, impression: str, final: bool) -> Report:
+    """Sign a preliminary or final report. A final on a FINAL/AMENDED exam is an amendment.
+    The version and one outbox row per destination are written in this transaction."""
+    if actor.kind != ActorKind.USER:
+        raise WorkflowError("permission_denied", "only a radiologist signs reports")
+    _require_permission(actor, "ris.sign_report", "sign reports")
+    if not (findings.strip() or impression.strip()):
+        raise WorkflowError("invalid", "a signed report needs findings or an impression", field="findings")
+    exam = _lock_exam(exam)
+    if exam.status in SIGNED_STATUSES:
+        if not final:
+            raise WorkflowError("illegal_transition", "a signed final report can only be amended by another final")
+        exam_status, report_status = E.AMENDED, ReportStatus.AMENDED
+    else:
+        exam_status = E.FINAL if final else E.PRELIMINARY
+        report_status = ReportStatus.FINAL if final else ReportStatus.PRELIMINARY
+    check_exam_transition(exam.status, exam_status)
+    latest = exam.reports.order_by("-version").first()
+    previous_signed = exam.reports.exclude(status=ReportStatus.DRAFT).order_by("-version").first()
+    fields = dict(
+        status=report_status,
+        findings=findings,
+        impression=impression,
+        author=actor.user,
+        signed_at=timezone.now(),
+        supersedes=previous_signed,
+    )
+    if latest and latest.status == ReportStatus.DRAFT:
+        for name, value in fields.items():
+            setattr(latest, name, value)
+        latest.save()
+        report = latest
+    else:
+        report = Report.objects.create(
+            requested_procedure=exam, version=(latest.version + 1) if latest else 1, **fields
+        )
+    _set_exam_status(
+        exam, exam_status, actor, "report.signed", report_version=report.version, report_status=report_status
+    )
+    outbound = [
+        OutboundMessage.objects.create(
+            destination=d, requested_procedure=exam, report=report, message_control_id=f"R{report.pk}-{d}"
+        )
+        for d in report_destinations()
+    ]
+    transaction.on_commit(lambda: report_signed.send(sender=Report, report=report, outbound=outbound))
+    return report

@@ -1,0 +1,9 @@
+from django.contrib import admin
+
+from worklist.models import Modality
+
+
+@admin.register(Modality)
+class ModalityAdmin(admin.ModelAdmin):
+    list_display = ("ae_title", "modality", "station_name", "location", "host", "port", "enabled")
+    list_filter = ("modality", "enabled")
