@@ -470,3 +470,39 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"heartbeat {self.token} from {self.worker}"
+
+
+class ProcedureType(models.Model):
+    """The procedure catalogue: what can be ordered, on which modality, for how long."""
+
+    code = models.CharField(max_length=16)
+    scheme = models.CharField(max_length=16, default="LOCAL")
+    description = models.CharField(max_length=64)
+    modality = models.CharField(max_length=16)
+    duration_minutes = models.PositiveIntegerField(default=20)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["code", "scheme"], name="procedure_code_unique_per_scheme")]
+        ordering = ["modality", "description"]
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.description} ({self.modality})"
+
+
+class StationRule(models.Model):
+    """Which station (AE title) gets a step that arrives without one: the first enabled rule,
+    by priority, whose modality and (optional) procedure code match. No match leaves the
+    step for a scheduler to assign in the UI."""
+
+    priority = models.PositiveIntegerField(default=100, help_text="lower runs first")
+    modality = models.CharField(max_length=16)
+    procedure_code = models.CharField(max_length=16, blank=True, default="", help_text="empty = any procedure")
+    station_ae_title = models.CharField(max_length=16)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["priority", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.modality}/{self.procedure_code or '*'} -> {self.station_ae_title}"

@@ -100,11 +100,13 @@ if DATABASE_URL.startswith("sqlite:///"):
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
-            "TEST": {"NAME": str(VAR_DIR / "test-ris.sqlite3")},
+            # One test database per test run, so parallel runs on one machine do not collide.
+            "TEST": {"NAME": str(VAR_DIR / f"test-ris-{os.getpid()}.sqlite3")},
         }
     }
 else:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth, i18n, static --------------------------------------------------------

@@ -19,6 +19,9 @@ class Modality(models.Model):
     host = models.CharField(max_length=255, blank=True, default="", help_text="for outbound associations")
     port = models.PositiveIntegerField(null=True, blank=True)
     enabled = models.BooleanField(default=True)
+    # Opening hours of the room, in RIS_TIME_ZONE: the scheduling calendar offers slots inside them.
+    opens_at = models.TimeField(null=True, blank=True)
+    closes_at = models.TimeField(null=True, blank=True)
     answer_character_set = models.CharField(
         max_length=16, choices=AnswerCharacterSet.choices, blank=True, default=AnswerCharacterSet.UTF8
     )

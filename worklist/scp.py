@@ -2,12 +2,14 @@
 
 This module owns the association policy: a calling AE title must belong to a registered,
 enabled Modality (unless RIS_DICOM_ALLOW_ANY_AE=1), else the association is rejected with
-"calling AE title not recognised" (PS3.8 9.3.4). Services register their handlers here:
-Verification now; MWL, MPPS, Storage and IAN with their own modules.
+"calling AE title not recognised" (PS3.8 9.3.4). Each DICOM service lives in its own module,
+listed in SERVICES, with a `register(ae) -> handlers` function that adds its presentation
+contexts and returns its (event, handler) pairs.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import socket
 import threading
@@ -55,28 +57,37 @@ def handle_open(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def build_ae() -> AE:
+def register(ae: AE) -> list[tuple]:
+    """Verification (C-ECHO), and the association policy every service shares."""
+    ae.add_supported_context(Verification)
+    return [
+        (evt.EVT_CONN_OPEN, handle_open),
+        (evt.EVT_REQUESTED, handle_requested),
+        (evt.EVT_C_ECHO, handle_echo),
+    ]
+
+
+# The services of the SCP, each a module with register(ae) -> [(event, handler), ...].
+SERVICES = ["worklist.scp"]
+
+
+def build_ae() -> tuple[AE, list[tuple]]:
     ae = AE(ae_title=settings.RIS_AE_TITLE)
     ae.maximum_associations = settings.RIS_DICOM_MAX_ASSOCIATIONS
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 300
-    ae.add_supported_context(Verification)
-    return ae
-
-
-HANDLERS = [
-    (evt.EVT_CONN_OPEN, handle_open),
-    (evt.EVT_REQUESTED, handle_requested),
-    (evt.EVT_C_ECHO, handle_echo),
-]
+    handlers = []
+    for module in SERVICES:
+        handlers += importlib.import_module(module).register(ae)
+    return ae, handlers
 
 
 def serve(stop: threading.Event | None = None) -> None:
     """Run the SCP until `stop` is set (or forever)."""
-    ae = build_ae()
+    ae, handlers = build_ae()
     address = (settings.RIS_BIND, settings.RIS_DICOM_PORT)
-    server = ae.start_server(address, block=False, evt_handlers=HANDLERS)
+    server = ae.start_server(address, block=False, evt_handlers=handlers)
     log.info("DICOM SCP %s listening on %s:%s", settings.RIS_AE_TITLE, *address)
     try:
         (stop or threading.Event()).wait()
