@@ -379,6 +379,8 @@ class Report(models.Model):
     supersedes = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
     )
+    # For an AMENDED version: "addendum" (text added to the final) or "correction" (text replaced).
+    amendment = models.CharField(max_length=16, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
