@@ -499,3 +499,13 @@ def test_every_status_change_is_audited_with_old_and_new_status():
         if "old_status" in e.detail
     ]
     assert changes == [(E.ORDERED, E.SCHEDULED), (E.SCHEDULED, E.CANCELLED)]
+
+
+def test_documented_transition_tables_match_the_code():
+    """docs/workflow.md is what integration engineers read: it must not drift from the code."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "workflow.md").read_text()
+    for table in (workflow.EXAM_TRANSITIONS, workflow.STEP_TRANSITIONS, workflow.PERFORMED_TRANSITIONS):
+        for current, allowed in table.items():
+            assert f"| {current} | {', '.join(sorted(allowed)) or '— (final)'} |" in text
