@@ -92,6 +92,8 @@ class ReportInput(serializers.Serializer):
     findings = serializers.CharField(allow_blank=True, default="", trim_whitespace=False)
     impression = serializers.CharField(allow_blank=True, default="", trim_whitespace=False)
     status = serializers.ChoiceField(choices=["draft", "preliminary", "final"])
+    # Only for a final on a signed exam: "correction" (default) or "addendum".
+    amendment = serializers.ChoiceField(choices=["addendum", "correction"], required=False, default="")
 
 
 class ExamReport(APIView):
@@ -116,6 +118,7 @@ class ExamReport(APIView):
                     findings=values["findings"],
                     impression=values["impression"],
                     final=values["status"] == "final",
+                    amendment=values["amendment"],
                 )
         except workflow.WorkflowError as exc:
             code = WORKFLOW_ERROR_STATUS.get(exc.code, status.HTTP_409_CONFLICT)

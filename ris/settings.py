@@ -203,3 +203,26 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+
+# --- Reports and results out (issue 6) -------------------------------------------------
+
+# ORU^R01 to RIS_HIS_MLLP: HL7 version 2.5.1 (or 2.3.1), report text as TX lines or one FT block.
+RIS_ORU_VERSION = env("RIS_ORU_VERSION", "2.5.1")
+RIS_ORU_TEXT_TYPE = env("RIS_ORU_TEXT_TYPE", "TX")
+# MSH-5/6 of outbound messages when the order did not come from an HL7 sender.
+RIS_HIS_APPLICATION = env("RIS_HIS_APPLICATION", "HIS")
+RIS_HIS_FACILITY = env("RIS_HIS_FACILITY", "")
+# Seconds to wait for the HIS ACK / the FHIR server's answer.
+RIS_OUTBOX_ACK_TIMEOUT = float(env("RIS_OUTBOX_ACK_TIMEOUT", "30"))
+RIS_FHIR_TIMEOUT = float(env("RIS_FHIR_TIMEOUT", "30"))
+# Outbox retries: base * 2^(n-1) seconds, at most MAX; parked as FAILED after MAX_ATTEMPTS.
+RIS_OUTBOX_RETRY_BASE_SECONDS = float(env("RIS_OUTBOX_RETRY_BASE_SECONDS", "5"))
+RIS_OUTBOX_RETRY_MAX_SECONDS = float(env("RIS_OUTBOX_RETRY_MAX_SECONDS", "600"))
+RIS_OUTBOX_MAX_ATTEMPTS = env_int("RIS_OUTBOX_MAX_ATTEMPTS", 20)
+RIS_OUTBOX_SWEEP_SECONDS = float(env("RIS_OUTBOX_SWEEP_SECONDS", "30"))
+CELERY_BEAT_SCHEDULE["outbox-sweep"] = {"task": "ris.outbox.sweep", "schedule": RIS_OUTBOX_SWEEP_SECONDS}
+# FHIR: identifier systems for ids without an OID issuer, the DICOMweb (WADO-RS) base URL that
+# becomes ImagingStudy's Endpoint, and optional profiles for meta.profile ("Patient=url,...").
+RIS_FHIR_SYSTEM_BASE = env("RIS_FHIR_SYSTEM_BASE", "urn:ris:" + RIS_FACILITY.lower()).rstrip("/")
+RIS_DICOMWEB_BASE_URL = env("RIS_DICOMWEB_BASE_URL")
+RIS_FHIR_PROFILES = dict(p.strip().split("=", 1) for p in env("RIS_FHIR_PROFILES").split(",") if "=" in p)

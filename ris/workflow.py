@@ -673,9 +673,15 @@ def save_report_draft(actor: Actor, exam: RequestedProcedure, *, findings: str, 
 
 
 @transaction.atomic
-def sign_report(actor: Actor, exam: RequestedProcedure, *, findings: str, impression: str, final: bool) -> Report:
-    """Sign a preliminary or final report. A final on a FINAL/AMENDED exam is an amendment.
-    The version and one outbox row per destination are written in this transaction."""
+def sign_report(
+    actor: Actor, exam: RequestedProcedure, *, findings: str, impression: str, final: bool, amendment: str = ""
+) -> Report:
+    """Sign a preliminary or final report. A final on a FINAL/AMENDED exam is an amendment:
+    a "correction" (default; the text replaces the previous version) or an "addendum" (the text
+    is added to the previous version's findings). The version and one outbox row per
+    destination, its payload rendered (ris.outbox), are written in this transaction."""
+    from ris import outbox
+
     if actor.kind != ActorKind.USER:
         raise WorkflowError("permission_denied", "only a radiologist signs reports")
     _require_permission(actor, "ris.sign_report", "sign reports")
@@ -686,14 +692,22 @@ def sign_report(actor: Actor, exam: RequestedProcedure, *, findings: str, impres
         if not final:
             raise WorkflowError("illegal_transition", "a signed final report can only be amended by another final")
         exam_status, report_status = E.AMENDED, ReportStatus.AMENDED
+        amendment = amendment or AMENDMENT_CORRECTION
+        if amendment not in AMENDMENT_KINDS:
+            raise WorkflowError("invalid", f"amendment must be one of {sorted(AMENDMENT_KINDS)}", field="amendment")
     else:
+        if amendment:
+            raise WorkflowError("invalid", "only a signed final report can be amended", field="amendment")
         exam_status = E.FINAL if final else E.PRELIMINARY
         report_status = ReportStatus.FINAL if final else ReportStatus.PRELIMINARY
     check_exam_transition(exam.status, exam_status)
     latest = exam.reports.order_by("-version").first()
     previous_signed = exam.reports.exclude(status=ReportStatus.DRAFT).order_by("-version").first()
+    if amendment == AMENDMENT_ADDENDUM:
+        findings, impression = _with_addendum(previous_signed, actor, findings, impression)
     fields = dict(
         status=report_status,
+        amendment=amendment,
         findings=findings,
         impression=impression,
         author=actor.user,
@@ -713,10 +727,28 @@ def sign_report(actor: Actor, exam: RequestedProcedure, *, findings: str, impres
         exam, exam_status, actor, "report.signed", report_version=report.version, report_status=report_status
     )
     outbound = [
-        OutboundMessage.objects.create(
+        outbox.create_message(
             destination=d, requested_procedure=exam, report=report, message_control_id=f"R{report.pk}-{d}"
         )
         for d in report_destinations()
     ]
     transaction.on_commit(lambda: report_signed.send(sender=Report, report=report, outbound=outbound))
     return report
+
+
+# --- Report amendments (issue 6) ---------------------------------------------------------
+
+AMENDMENT_CORRECTION = "correction"
+AMENDMENT_ADDENDUM = "addendum"
+AMENDMENT_KINDS = frozenset({AMENDMENT_CORRECTION, AMENDMENT_ADDENDUM})
+
+
+def _with_addendum(previous: Report, actor: Actor, findings: str, impression: str) -> tuple[str, str]:
+    """An addendum keeps the signed text and adds its own below the findings, dated and signed,
+    so every version on its own is the whole report the clinician reads."""
+    from ris.timeutil import to_local
+
+    added = "\n".join(t.strip() for t in (findings, impression) if t.strip())
+    when = to_local(timezone.now()).strftime("%Y-%m-%d %H:%M")
+    text = f"{previous.findings.rstrip()}\n\nADDENDUM {when} ({actor.name}):\n{added}".lstrip()
+    return text, previous.impression
