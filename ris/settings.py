@@ -27,9 +27,12 @@ def env_int(name: str, default: int) -> int:
 
 
 def sqlite_path(url: str) -> str:
-    """The file of a sqlite:/// URL; relative paths are relative to the checkout."""
+    """The file of a sqlite:/// URL; relative paths are relative to the checkout. Its folder is
+    created if missing, so a fresh checkout runs without a set-up step."""
     name = url.split("sqlite:///", 1)[1]
-    return name if os.path.isabs(name) else str(BASE_DIR / name)
+    path = Path(name) if os.path.isabs(name) else BASE_DIR / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 # --- Core Django -------------------------------------------------------------
@@ -172,9 +175,9 @@ RIS_FACILITY = env("RIS_FACILITY", "RAD")
 
 # The embedded broker is kombu's SQLAlchemy transport on its own SQLite file: no server,
 # messages are rows that survive a restart, and a separate worker process consumes them.
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL") or f"sqla+sqlite:///{sqlite_path('sqlite:///var/celery-broker.sqlite3')}"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {"connect_args": {"timeout": 30}, "polling_interval": 0.5} if CELERY_BROKER_URL.startswith("sqla+sqlite") else {}
+    {"connect_args": {"timeout": 30}} if CELERY_BROKER_URL.startswith("sqla+sqlite") else {}
 )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = env("RIS_CELERY_QUEUE", "ris")
@@ -204,6 +207,66 @@ LOGGING = {
     },
 }
 
+# --- Web UI (issue 7) ------------------------------------------------------------
+
+import datetime as _dt  # noqa: E402
+
+INSTALLED_APPS += ["web", "axes"]
+# Local times everywhere in the UI; idle sessions end; axes answers locked-out logins (last).
+MIDDLEWARE += [
+    "web.middleware.SiteTimeZoneMiddleware",
+    "web.middleware.IdleTimeoutMiddleware",
+    "axes.middleware.AxesMiddleware",
+]
+# Axes only counts and refuses; ModelBackend authenticates.
+AUTHENTICATION_BACKENDS = ["web.auth.ThrottledLoginBackend", "django.contrib.auth.backends.ModelBackend"]
+TEMPLATES[0]["OPTIONS"]["context_processors"] += [
+    "django.template.context_processors.i18n",
+    "web.context.navigation",
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+LOCALE_PATHS = [BASE_DIR / "web" / "locale"]
+# A session lasts at most a shift and ends after RIS_SESSION_IDLE_SECONDS without a click.
+SESSION_COOKIE_AGE = env_int("RIS_SESSION_MAX_SECONDS", 12 * 3600)
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True  # htmx takes the token from the page, not the cookie
+RIS_SESSION_IDLE_SECONDS = env_int("RIS_SESSION_IDLE_SECONDS", 30 * 60)
+RIS_UI_POLL_SECONDS = env_int("RIS_UI_POLL_SECONDS", 5)
+# Login throttling (django-axes): RIS_LOGIN_FAILURE_LIMIT failures of one user name from one
+# address lock that pair out for RIS_LOGIN_COOLOFF_MINUTES.
+AXES_FAILURE_LIMIT = env_int("RIS_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = _dt.timedelta(minutes=env_int("RIS_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "web/locked_out.html"
+AXES_VERBOSE = False
+
+# --- Modality Worklist (issue 4) ---------------------------------------------------
+
+# Step statuses a worklist query can see (SCHEDULED always; add ARRIVED,STARTED if consoles
+# should still see steps after arrival or start).
+RIS_MWL_VISIBLE_STATUSES = [s.strip().upper() for s in env("RIS_MWL_VISIBLE_STATUSES", "SCHEDULED").split(",")]
+# Patient's Name matching: "fold" = case- and accent-insensitive (Nguyen matches Nguyễn),
+# "exact" = case- and accent-sensitive literal matching (PS3.4 C.2.2.2.1 leaves PN to us).
+RIS_MWL_PN_MATCHING = env("RIS_MWL_PN_MATCHING", "fold").strip().lower()
+
+# --- HL7 inbound over MLLP (issue 3) ---------------------------------------------------
+
+# How to decode a message whose MSH-18 is empty (a sender profile may say otherwise):
+# ASCII, 8859/1 or UNICODE UTF-8. UTF-8 reads plain ASCII unchanged.
+RIS_HL7_DEFAULT_CHARSET = env("RIS_HL7_DEFAULT_CHARSET", "UNICODE UTF-8")
+# A frame started but not finished within this many seconds closes the connection.
+RIS_MLLP_FRAME_TIMEOUT = env_int("RIS_MLLP_FRAME_TIMEOUT", 30)
+# More open connections than this are closed at once (each one holds a thread).
+RIS_MLLP_MAX_CONNECTIONS = env_int("RIS_MLLP_MAX_CONNECTIONS", 256)
+# Comma-separated addresses or networks (CIDR) allowed to connect; empty = anyone.
+RIS_MLLP_ALLOWED_PEERS = [p.strip() for p in env("RIS_MLLP_ALLOWED_PEERS").split(",") if p.strip()]
+# MLLP over TLS when both are set (PEM files).
+RIS_MLLP_TLS_CERT = env("RIS_MLLP_TLS_CERT")
+RIS_MLLP_TLS_KEY = env("RIS_MLLP_TLS_KEY")
+
 # --- Reports and results out (issue 6) -------------------------------------------------
 
 # ORU^R01 to RIS_HIS_MLLP: HL7 version 2.5.1 (or 2.3.1), report text as TX lines or one FT block.
@@ -226,3 +289,16 @@ CELERY_BEAT_SCHEDULE["outbox-sweep"] = {"task": "ris.outbox.sweep", "schedule": 
 RIS_FHIR_SYSTEM_BASE = env("RIS_FHIR_SYSTEM_BASE", "urn:ris:" + RIS_FACILITY.lower()).rstrip("/")
 RIS_DICOMWEB_BASE_URL = env("RIS_DICOMWEB_BASE_URL")
 RIS_FHIR_PROFILES = dict(p.strip().split("=", 1) for p in env("RIS_FHIR_PROFILES").split(",") if "=" in p)
+
+# --- Exam tracking: MPPS, arrivals, completeness, status to the HIS (issue 5) -------------
+# Instances an MPPS lists that are still missing this long after it completed put the exam on
+# the QA list ("images missing"); the sweep re-checks completed exams every SWEEP seconds.
+RIS_ARRIVAL_MISSING_TIMEOUT_SECONDS = float(env("RIS_ARRIVAL_MISSING_TIMEOUT_SECONDS", "1800"))
+RIS_ARRIVAL_SWEEP_SECONDS = float(env("RIS_ARRIVAL_SWEEP_SECONDS", "60"))
+CELERY_BEAT_SCHEDULE["arrival-sweep"] = {"task": "worklist.tasks.sweep_arrivals", "schedule": RIS_ARRIVAL_SWEEP_SECONDS}
+# ORC-5 order statuses sent to the HIS as ORM^O01 (RAD-3): IP started, CM completed, DC discontinued.
+# Empty sends none; nothing is sent at all unless RIS_HIS_MLLP is set.
+RIS_HIS_STATUS_UPDATES = env("RIS_HIS_STATUS_UPDATES", "IP,CM,DC")
+# ORC-1 of those messages: SC (status changed, RAD-3 to the order placer) or XO (RAD-13 style).
+RIS_HIS_STATUS_ORDER_CONTROL = env("RIS_HIS_STATUS_ORDER_CONTROL", "SC")
+RIS_HIS_STATUS_VERSION = env("RIS_HIS_STATUS_VERSION", "2.3.1")
