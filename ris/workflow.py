@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -30,6 +31,7 @@ from ris.models import (
     ExamStatus,
     ExpectedInstance,
     ImagingOrder,
+    Instance,
     OutboundMessage,
     Patient,
     PatientIdentifier,
@@ -40,7 +42,9 @@ from ris.models import (
     ReportStatus,
     RequestedProcedure,
     ScheduledStep,
+    Series,
     StepStatus,
+    Study,
 )
 
 E, S, P = ExamStatus, StepStatus, PerformedStatus
@@ -532,7 +536,9 @@ def start_performed_step(
         if exam.status != E.IN_PROGRESS:
             _set_exam_status(exam, E.IN_PROGRESS, actor, "exam.started", mpps=sop_instance_uid)
     for step in steps:
-        _set_step_status(step, S.STARTED)
+        # Another MPPS may already have started this step (two consoles, or a split exam).
+        if step.status != S.STARTED:
+            _set_step_status(step, S.STARTED)
     performed = PerformedStep.objects.create(
         sop_instance_uid=sop_instance_uid,
         status=P.IN_PROGRESS,
@@ -752,3 +758,439 @@ def _with_addendum(previous: Report, actor: Actor, findings: str, impression: st
     when = to_local(timezone.now()).strftime("%Y-%m-%d %H:%M")
     text = f"{previous.findings.rstrip()}\n\nADDENDUM {when} ({actor.name}):\n{added}".lstrip()
     return text, previous.impression
+
+
+# --- Exam tracking: MPPS, image arrival, completeness, status to the HIS (issue 5) ---------
+#
+# swf-spec §6 (MPPS as SCP) and §7 (deciding a study is complete). The DICOM adapters
+# (worklist/mpps.py, storage.py, ian.py) translate the wire into these calls; the rules live here.
+
+ACTIVE_STEP_STATUSES = frozenset({S.SCHEDULED, S.ARRIVED, S.STARTED, S.COMPLETED})
+AVAILABLE = ("ONLINE", "NEARLINE")  # Instance Availability (0008,0056) values that count as arrived
+QA_IMAGES_MISSING = "images missing"
+QA_EXTRA_INSTANCES = "extra instances"
+QA_UNMATCHED_REFERENCE = "MPPS named unknown scheduled steps"
+
+
+@dataclass
+class StepReference:
+    """One item of the Scheduled Step Attributes Sequence (0040,0270) of an MPPS."""
+
+    study_instance_uid: str = ""
+    accession_number: str = ""
+    requested_procedure_id: str = ""
+    sps_id: str = ""
+
+
+@dataclass
+class PerformedPatient:
+    """The patient an MPPS names, used only when it matches no scheduled step."""
+
+    patient_id: str = ""
+    issuer: str = ""
+    demographics: Demographics = field(default_factory=Demographics)
+
+
+def find_exam(study_instance_uid: str, accession_number: str) -> RequestedProcedure | None:
+    """The exam of a study: by Study Instance UID first, then by accession number (contract)."""
+    if study_instance_uid:
+        exam = RequestedProcedure.objects.filter(study_instance_uid=study_instance_uid).first()
+        if exam is not None:
+            return exam
+    if accession_number:
+        return RequestedProcedure.objects.filter(accession_number=accession_number).order_by("-id").first()
+    return None
+
+
+def _steps_for_reference(ref: StepReference) -> list[ScheduledStep]:
+    exam = find_exam(ref.study_instance_uid, ref.accession_number)
+    if ref.sps_id:
+        candidates = ScheduledStep.objects.filter(sps_id=ref.sps_id)
+        if exam is not None:
+            candidates = candidates.filter(requested_procedure=exam)
+        candidates = list(candidates[:2])
+        return candidates if len(candidates) == 1 else []
+    if exam is None:
+        return []
+    # The modality knew the exam but not the step (no SPS ID): every active step of the exam.
+    return list(exam.scheduled_steps.filter(status__in=ACTIVE_STEP_STATUSES))
+
+
+def find_scheduled_steps(references: Sequence[StepReference]) -> tuple[list[ScheduledStep], list[StepReference]]:
+    """The scheduled steps an MPPS performs (several = the group case), and the references that
+    matched nothing. A reference without SPS ID, accession and Study UID is the unscheduled case."""
+    steps: dict[int, ScheduledStep] = {}
+    unmatched = []
+    for ref in references:
+        found = _steps_for_reference(ref)
+        if not found and (ref.sps_id or ref.accession_number or ref.requested_procedure_id):
+            unmatched.append(ref)
+        steps.update({s.pk: s for s in found})
+    return list(steps.values()), unmatched
+
+
+def _patient_for_unscheduled(actor: Actor, patient: PerformedPatient) -> Patient:
+    if patient.patient_id:
+        existing = Patient.objects.filter(patient_id=patient.patient_id, issuer=patient.issuer).first()
+        if existing is not None:
+            return existing.merged_into or existing
+        return register_patient(actor, patient.patient_id, patient.issuer, patient.demographics)
+    return register_patient(actor, f"UNSCHED-{new_short_id()[:8]}", "RIS", patient.demographics)
+
+
+def _unused(value: str, **lookup: str) -> str:
+    return value if value and not RequestedProcedure.objects.filter(**lookup).exists() else ""
+
+
+def _create_unscheduled_exam(
+    actor: Actor, patient: PerformedPatient, references: Sequence[StepReference], modality: str, description: str
+) -> RequestedProcedure:
+    """An exception exam for an MPPS without a known scheduled step: flagged for a scheduler to
+    match to an order or keep (swf-spec §6 "Unscheduled")."""
+    ref = references[0] if references else StepReference()
+    step = StepRequest(modality=modality or "OT", station_ae_title=actor.name[:16], description=description)
+    procedure = ProcedureRequest(
+        modality=modality or "OT",
+        procedure_description=description,
+        accession_number=_unused(ref.accession_number, accession_number=ref.accession_number),
+        study_instance_uid=_unused(ref.study_instance_uid, study_instance_uid=ref.study_instance_uid),
+        steps=[step],
+    )
+    order = place_order(actor, _patient_for_unscheduled(actor, patient), OrderRequest(procedures=[procedure]))
+    exam = order.requested_procedures.get()
+    exam.unscheduled = True
+    exam.needs_reconciliation = True
+    exam.save(update_fields=["unscheduled", "needs_reconciliation", "updated_at"])
+    audit(actor, "exam.unscheduled", exam=exam, references=[vars(r) for r in references])
+    return exam
+
+
+@transaction.atomic
+def record_performed_step_started(
+    actor: Actor,
+    sop_instance_uid: str,
+    references: Sequence[StepReference],
+    *,
+    patient: PerformedPatient,
+    attributes: dict,
+    modality: str = "",
+    pps_id: str = "",
+    description: str = "",
+    started_at: dt.datetime | None = None,
+) -> PerformedStep:
+    """MPPS N-CREATE (RAD-6): link the steps named in the Scheduled Step Attributes Sequence and
+    start them; no known step = an unscheduled exam flagged for reconciliation. References that
+    match nothing are kept in the MPPS and flagged on the exam, never refused."""
+    if PerformedStep.objects.filter(sop_instance_uid=sop_instance_uid).exists():
+        raise WorkflowError("duplicate", f"MPPS {sop_instance_uid} already exists")
+    steps, unmatched = find_scheduled_steps(references)
+    if not steps:
+        steps = list(_create_unscheduled_exam(actor, patient, references, modality, description).scheduled_steps.all())
+    performed = start_performed_step(
+        actor,
+        sop_instance_uid,
+        steps,
+        attributes=attributes,
+        modality=modality,
+        pps_id=pps_id,
+        started_at=started_at,
+    )
+    exams = _exams_of(steps)
+    for exam in exams:
+        if unmatched and not exam.unscheduled:
+            _flag_qa(exam, QA_UNMATCHED_REFERENCE)
+            audit(actor, "mpps.unmatched_reference", exam=exam, references=[vars(r) for r in unmatched])
+        queue_his_status(exam, "IP", performed)
+    return performed
+
+
+@transaction.atomic
+def update_performed_step(actor: Actor, performed: PerformedStep, attributes: dict) -> PerformedStep:
+    """MPPS N-SET that stays IN PROGRESS: the merged attributes replace the stored ones."""
+    performed = _lock_performed(performed)
+    if performed.status != P.IN_PROGRESS:
+        check_performed_transition(performed.status, P.IN_PROGRESS)
+    performed.attributes = attributes
+    performed.save(update_fields=["attributes", "updated_at"])
+    return performed
+
+
+@transaction.atomic
+def record_performed_step_ended(
+    actor: Actor,
+    performed: PerformedStep,
+    status: str,
+    expected: Sequence[ExpectedImage],
+    *,
+    attributes: dict,
+    ended_at: dt.datetime | None = None,
+    reason: str = "",
+) -> list[RequestedProcedure]:
+    """MPPS N-SET COMPLETED/DISCONTINUED (RAD-7). Returns the exams it touched; the caller asks
+    for a completeness check of those that are COMPLETED once this has committed."""
+    if status == P.COMPLETED:
+        performed = complete_performed_step(actor, performed, expected, attributes=attributes, ended_at=ended_at)
+    elif status == P.DISCONTINUED:
+        performed = discontinue_performed_step(
+            actor, performed, expected, reason=reason, attributes=attributes, ended_at=ended_at
+        )
+    else:
+        raise WorkflowError("invalid", f"{status!r} is not a final MPPS status", field="PerformedProcedureStepStatus")
+    exams = _exams_of(list(performed.scheduled_steps.all()))
+    for exam in exams:
+        if exam.status == E.COMPLETED:
+            queue_his_status(exam, "CM", performed)
+        elif exam.status == E.DISCONTINUED:
+            queue_his_status(exam, "DC", performed)
+    return exams
+
+
+def _flag_qa(exam: RequestedProcedure, problem: str) -> None:
+    if problem not in exam.qa_problem:
+        exam.qa_problem = "; ".join(p for p in (exam.qa_problem, problem) if p)[:200]
+        exam.save(update_fields=["qa_problem", "updated_at"])
+
+
+def _clear_qa(exam: RequestedProcedure, prefix: str) -> None:
+    kept = [p for p in exam.qa_problem.split("; ") if p and not p.startswith(prefix)]
+    if "; ".join(kept) != exam.qa_problem:
+        exam.qa_problem = "; ".join(kept)
+        exam.save(update_fields=["qa_problem", "updated_at"])
+
+
+# Order status (ORC-5, HL7 table 0038) sent to the HIS on each exam event (RAD-3 / RAD-13).
+
+
+def his_status_updates() -> frozenset[str]:
+    """Which ORC-5 statuses the HIS wants (RIS_HIS_STATUS_UPDATES); none without RIS_HIS_MLLP."""
+    if not settings.RIS_HIS_MLLP:
+        return frozenset()
+    return frozenset(s.strip().upper() for s in settings.RIS_HIS_STATUS_UPDATES.split(",") if s.strip())
+
+
+def queue_his_status(exam: RequestedProcedure, order_status: str, performed: PerformedStep | None = None) -> None:
+    """Write an ORM^O01 status message for the HIS into the outbox, in the caller's transaction.
+    The control id is stable per exam, status and MPPS, so a repeat writes nothing."""
+    if order_status not in his_status_updates():
+        return
+    from hl7.status_messages import build_order_status_message  # the HL7 wire belongs to hl7/
+
+    control_id = f"S{exam.pk}{order_status}{performed.pk if performed else 0}"
+    if OutboundMessage.objects.filter(message_control_id=control_id).exists():
+        return
+    payload = build_order_status_message(exam, order_status, control_id)
+    OutboundMessage.objects.create(
+        destination="orm", requested_procedure=exam, message_control_id=control_id, payload=payload
+    )
+
+
+# Arrival of instances (C-STORE, IAN) and the completeness decision (swf-spec §7).
+
+
+@dataclass
+class ArrivedInstance:
+    """One SOP instance known to be available: stored here (C-STORE) or announced (IAN)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str = ""
+    accession_number: str = ""
+    patient_id: str = ""
+    modality: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+    study_date: dt.date | None = None
+    availability: str = "ONLINE"
+    retrieve_ae_title: str = ""
+    file_path: str = ""
+
+
+@transaction.atomic
+def record_instances_arrived(
+    actor: Actor, exam: RequestedProcedure | None, source: str, instances: Sequence[ArrivedInstance]
+) -> Study:
+    """Record instances of ONE study. Idempotent by SOP Instance UID: a repeat updates where the
+    instance is (file, availability) and nothing else. `exam` is the match found by the caller;
+    an already matched study keeps its exam."""
+    first = instances[0]
+    now = timezone.now()
+    study, created = Study.objects.get_or_create(
+        study_instance_uid=first.study_instance_uid,
+        defaults={
+            "requested_procedure": exam,
+            "accession_number": first.accession_number[:16],
+            "patient_id": first.patient_id[:64],
+            "study_date": first.study_date,
+            "last_arrival_at": now,
+        },
+    )
+    if created:
+        audit(actor, "study.arrived" if exam else "study.unmatched", exam=exam, study=study.study_instance_uid)
+    else:
+        update = {"last_arrival_at": now}
+        if study.requested_procedure_id is None and exam is not None:
+            update["requested_procedure"] = exam
+            audit(actor, "study.matched", exam=exam, study=study.study_instance_uid)
+        Study.objects.filter(pk=study.pk).update(**update)
+    series_ids: dict[str, int] = {}
+    for item in instances:
+        if item.series_instance_uid not in series_ids:
+            series, _ = Series.objects.get_or_create(
+                series_instance_uid=item.series_instance_uid,
+                defaults={"study": study, "modality": item.modality[:16], "series_number": item.series_number},
+            )
+            series_ids[item.series_instance_uid] = series.pk
+        instance, made = Instance.objects.get_or_create(
+            sop_instance_uid=item.sop_instance_uid,
+            defaults={
+                "series_id": series_ids[item.series_instance_uid],
+                "sop_class_uid": item.sop_class_uid,
+                "instance_number": item.instance_number,
+                "source": source,
+                "source_ae_title": actor.name[:16],
+                "availability": item.availability,
+                "retrieve_ae_title": item.retrieve_ae_title[:16],
+                "file_path": item.file_path,
+            },
+        )
+        if not made:
+            update = {"availability": item.availability}
+            if item.file_path:
+                update["file_path"] = item.file_path
+            if item.retrieve_ae_title:
+                update["retrieve_ae_title"] = item.retrieve_ae_title[:16]
+            Instance.objects.filter(pk=instance.pk).update(**update)
+    return study
+
+
+@dataclass
+class Completeness:
+    """The §7 reconciliation of one exam: expected (E) against arrived (A), by UID."""
+
+    expected: set[str]
+    arrived: set[str]
+    extra: set[str]
+    expected_series: set[str]
+    arrived_series: set[str]
+    last_arrival_at: dt.datetime | None
+    mpps_completed: bool
+
+    @property
+    def missing(self) -> set[str]:
+        return self.expected - self.arrived
+
+    @property
+    def images_complete(self) -> bool:
+        if not self.mpps_completed:
+            return False
+        if self.expected:
+            return not self.missing
+        # An MPPS without a Referenced Image Sequence: rely on its series UIDs (and the quiet period).
+        if self.expected_series:
+            return self.expected_series <= self.arrived_series
+        return bool(self.arrived or self.extra)
+
+
+def _series_uids(attributes: dict) -> set[str]:
+    """Series Instance UIDs of the Performed Series Sequence (0040,0340) in DICOM JSON."""
+    items = attributes.get("00400340", {}).get("Value", []) or []
+    return {uid for item in items for uid in item.get("0020000E", {}).get("Value", []) or [] if uid}
+
+
+def assess_completeness(exam: RequestedProcedure) -> Completeness:
+    performed = list(
+        PerformedStep.objects.filter(
+            scheduled_steps__requested_procedure=exam, status__in=(P.COMPLETED, P.DISCONTINUED)
+        ).distinct()
+    )
+    expected = set(
+        ExpectedInstance.objects.filter(performed_step__in=performed).values_list("sop_instance_uid", flat=True)
+    )
+    arrived = set(
+        Instance.objects.filter(sop_instance_uid__in=expected, availability__in=AVAILABLE).values_list(
+            "sop_instance_uid", flat=True
+        )
+    )
+    of_exam = Instance.objects.filter(series__study__requested_procedure=exam, availability__in=AVAILABLE)
+    extra = set(of_exam.exclude(sop_instance_uid__in=expected).values_list("sop_instance_uid", flat=True))
+    expected_series = set().union(*(_series_uids(p.attributes) for p in performed))
+    arrived_series = set(
+        Series.objects.filter(series_instance_uid__in=expected_series, instances__availability__in=AVAILABLE)
+        .values_list("series_instance_uid", flat=True)
+        .distinct()
+    )
+    studies = Study.objects.filter(Q(requested_procedure=exam) | Q(series__instances__sop_instance_uid__in=expected))
+    last = max((s for s in studies.values_list("last_arrival_at", flat=True) if s), default=None)
+    return Completeness(
+        expected=expected,
+        arrived=arrived,
+        extra=extra,
+        expected_series=expected_series,
+        arrived_series=arrived_series,
+        last_arrival_at=last,
+        mpps_completed=any(p.status == P.COMPLETED for p in performed),
+    )
+
+
+@dataclass
+class ArrivalDecision:
+    """What a completeness check concluded: `ready` (the exam is now READY_FOR_READING),
+    `wait_seconds` (check again then), or neither (nothing to do until something arrives)."""
+
+    outcome: str  # ready | waiting_quiet | incomplete | images_missing | not_applicable
+    wait_seconds: float = 0.0
+    missing: int = 0
+
+
+@transaction.atomic
+def settle_exam_arrivals(actor: Actor, exam: RequestedProcedure, *, now: dt.datetime | None = None) -> ArrivalDecision:
+    """The completeness decision for a COMPLETED exam (swf-spec §7): READY_FOR_READING once the
+    MPPS is COMPLETED, every instance it lists has arrived and nothing arrived for the quiet
+    period. Extras are flagged, never blocking; instances still missing after the timeout put the
+    exam on the QA list. Idempotent: the exam row is locked and its status decides."""
+    exam = _lock_exam(exam)
+    if exam.status != E.COMPLETED:
+        return ArrivalDecision("not_applicable")
+    now = now or timezone.now()
+    c = assess_completeness(exam)
+    if not c.images_complete:
+        waited = (now - exam.status_changed_at).total_seconds()
+        timeout = settings.RIS_ARRIVAL_MISSING_TIMEOUT_SECONDS
+        if waited < timeout:
+            return ArrivalDecision("incomplete", wait_seconds=timeout - waited, missing=len(c.missing))
+        if QA_IMAGES_MISSING not in exam.qa_problem:
+            _clear_qa(exam, QA_IMAGES_MISSING)
+            _flag_qa(exam, f"{QA_IMAGES_MISSING}: {len(c.missing)} of {len(c.expected)}")
+            audit(actor, "exam.images_missing", exam=exam, missing=sorted(c.missing)[:100], count=len(c.missing))
+        return ArrivalDecision("images_missing", missing=len(c.missing))
+    quiet = settings.RIS_ARRIVAL_QUIET_SECONDS
+    since_last = (now - c.last_arrival_at).total_seconds() if c.last_arrival_at else quiet
+    if since_last < quiet:
+        return ArrivalDecision("waiting_quiet", wait_seconds=quiet - since_last)
+    _clear_qa(exam, QA_IMAGES_MISSING)
+    if c.extra:
+        _flag_qa(exam, f"{QA_EXTRA_INSTANCES}: {len(c.extra)}")
+    _set_exam_status(
+        exam,
+        E.READY_FOR_READING,
+        actor,
+        "exam.ready_for_reading",
+        expected=len(c.expected),
+        arrived=len(c.arrived),
+        extra=len(c.extra),
+    )
+    return ArrivalDecision("ready")
+
+
+@transaction.atomic
+def keep_unscheduled_exam(actor: Actor, exam: RequestedProcedure) -> RequestedProcedure:
+    """A scheduler accepts an unscheduled exam as its own order: it leaves the reconciliation list."""
+    _require_permission(actor, "ris.reconcile_exam", "reconcile exams")
+    exam = _lock_exam(exam)
+    if not exam.needs_reconciliation:
+        raise WorkflowError("invalid", f"exam {exam.accession_number} does not need reconciliation")
+    exam.needs_reconciliation = False
+    exam.save(update_fields=["needs_reconciliation", "updated_at"])
+    audit(actor, "exam.reconciled_kept", exam=exam)
+    return exam

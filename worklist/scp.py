@@ -68,7 +68,7 @@ def register(ae: AE) -> list[tuple]:
 
 
 # The services of the SCP, each a module with register(ae) -> [(event, handler), ...].
-SERVICES = ["worklist.scp"]
+SERVICES = ["worklist.scp", "worklist.mpps", "worklist.storage", "worklist.ian"]
 
 
 def build_ae() -> tuple[AE, list[tuple]]:

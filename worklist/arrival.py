@@ -1,0 +1,107 @@
+"""Recording image arrivals (C-STORE and IAN, swf-spec §7): DICOM datasets become
+`ArrivedInstance` records, grouped by study, matched to their exam by Study Instance UID and
+then by Accession Number, and recorded through ris.workflow.
+
+Only the recording happens here, on the listener's thread; the completeness decision runs later
+in a Celery task (worklist.tasks), so a modality is never kept waiting by it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+
+from pydicom.dataset import Dataset
+
+from ris import workflow
+from ris.models import RequestedProcedure, Study
+
+log = logging.getLogger(__name__)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return str(value).strip() if value is not None else ""
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _date(ds: Dataset, keyword: str) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(_text(ds, keyword)[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def instance_from_dataset(ds: Dataset, file_path: str = "") -> workflow.ArrivedInstance:
+    """A stored composite instance (C-STORE)."""
+    return workflow.ArrivedInstance(
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        accession_number=_text(ds, "AccessionNumber"),
+        patient_id=_text(ds, "PatientID"),
+        modality=_text(ds, "Modality"),
+        series_number=_integer(ds, "SeriesNumber"),
+        instance_number=_integer(ds, "InstanceNumber"),
+        study_date=_date(ds, "StudyDate"),
+        file_path=file_path,
+    )
+
+
+def instances_from_ian(ds: Dataset) -> list[workflow.ArrivedInstance]:
+    """The instances an Instance Availability Notification (PS3.3 C.4.23) announces:
+    Referenced Series Sequence > Referenced SOP Sequence, each with its availability."""
+    study_uid = _text(ds, "StudyInstanceUID")
+    accession = _text(ds, "AccessionNumber")
+    patient_id = _text(ds, "PatientID")
+    found = []
+    for series in ds.get("ReferencedSeriesSequence", []) or []:
+        series_uid = _text(series, "SeriesInstanceUID")
+        for sop in series.get("ReferencedSOPSequence", []) or []:
+            found.append(
+                workflow.ArrivedInstance(
+                    study_instance_uid=study_uid,
+                    series_instance_uid=series_uid,
+                    sop_instance_uid=_text(sop, "ReferencedSOPInstanceUID"),
+                    sop_class_uid=_text(sop, "ReferencedSOPClassUID"),
+                    accession_number=accession,
+                    patient_id=patient_id,
+                    availability=_text(sop, "InstanceAvailability").upper() or "ONLINE",
+                    retrieve_ae_title=_text(sop, "RetrieveAETitle").split("\\")[0],
+                )
+            )
+    return found
+
+
+def match_exam(study_instance_uid: str, accession_number: str) -> RequestedProcedure | None:
+    """The exam a study belongs to: an already matched study keeps its exam; otherwise the
+    exam with this Study Instance UID, then the one with this Accession Number."""
+    study = Study.objects.filter(study_instance_uid=study_instance_uid).select_related("requested_procedure").first()
+    if study is not None and study.requested_procedure is not None:
+        return study.requested_procedure
+    return workflow.find_exam(study_instance_uid, accession_number)
+
+
+def record_arrivals(
+    actor: workflow.Actor, source: str, instances: Iterable[workflow.ArrivedInstance]
+) -> dict[str, int | None]:
+    """Record instances (any number of studies). Returns {study UID: matched exam id or None}."""
+    by_study: dict[str, list[workflow.ArrivedInstance]] = defaultdict(list)
+    for item in instances:
+        by_study[item.study_instance_uid].append(item)
+    matched: dict[str, int | None] = {}
+    for study_uid, items in by_study.items():
+        exam = match_exam(study_uid, items[0].accession_number)
+        workflow.record_instances_arrived(actor, exam, source, items)
+        matched[study_uid] = exam.pk if exam is not None else None
+    return matched

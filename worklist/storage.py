@@ -1,0 +1,176 @@
+"""Storage SCP (PS3.4 Annex B; the receiving side of IHE RAD-8 when the RIS keeps copies),
+swf-spec §7: every standard Storage SOP class in the common transfer syntaxes.
+
+Each instance is written under RIS_STORAGE_DIR/<Study UID>/<Series UID>/<SOP UID>.dcm as it
+was received (Part 10, no re-encoding), through a temporary file and an atomic rename, so no
+reader ever sees half a file; a duplicate replaces the file and adds no row. The arrival is
+recorded at once; the completeness decision is left to a Celery task, queued for each exam
+the first time the association touches it and again when the association ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+
+from ris.models import ArrivalSource
+from worklist import arrival, tasks
+from worklist.mpps import calling_actor
+
+log = logging.getLogger(__name__)
+
+# PS3.4 Table B.2-1 C-STORE statuses.
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+# A UID is digits and dots (PS3.5 9.1): anything else must never reach a file name.
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+# Per association (keyed by the Association object): exams already handed to the worker.
+_touched: dict[int, set[int]] = {}
+_touched_lock = threading.Lock()
+
+
+class StoreFailure(Exception):
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status, self.comment = status, comment
+
+
+def instance_path(study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    for uid in (study_uid, series_uid, sop_uid):
+        if not (uid and len(uid) <= 64 and UID_PATTERN.match(uid)):
+            raise StoreFailure(STATUS_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"invalid UID {uid[:40]!r}")
+    return Path(settings.RIS_STORAGE_DIR) / study_uid / series_uid / f"{sop_uid}.dcm"
+
+
+def write_atomically(path: Path, data: bytes) -> bool:
+    """Write through a temporary file in the same directory and rename over the target.
+    Returns whether the file existed before (a duplicate). A failure leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return existed
+
+
+def _store(event: evt.Event) -> int:
+    try:
+        ds = event.dataset
+    except Exception as exc:
+        raise StoreFailure(STATUS_CANNOT_UNDERSTAND, f"data set cannot be decoded: {type(exc).__name__}") from exc
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+    if sop_uid != event.request.AffectedSOPInstanceUID:
+        raise StoreFailure(STATUS_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID differs from the request")
+    study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    path = instance_path(study_uid, series_uid, sop_uid)
+    try:
+        existed = write_atomically(path, event.encoded_dataset(include_meta=True))
+    except OSError as exc:
+        reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        log.error("cannot store %s at %s: %s", sop_uid, path, exc)
+        raise StoreFailure(STATUS_OUT_OF_RESOURCES, f"storage unavailable ({reason})") from exc
+    try:
+        matched = arrival.record_arrivals(
+            calling_actor(event), ArrivalSource.STORE, [arrival.instance_from_dataset(ds, str(path))]
+        )
+    except Exception:
+        if not existed:  # nothing half-done: no row, no file
+            path.unlink(missing_ok=True)
+        raise
+    _hand_to_worker(id(event.assoc), matched.values())
+    return STATUS_SUCCESS
+
+
+def _hand_to_worker(association: int, exam_ids) -> None:
+    with _touched_lock:
+        seen = _touched.setdefault(association, set())
+        new = {e for e in exam_ids if e is not None and e not in seen}
+        seen |= new
+    tasks.schedule_completeness_check(new)
+
+
+def handle_store(event: evt.Event) -> int | Dataset:
+    close_old_connections()
+    try:
+        return _store(event)
+    except StoreFailure as failure:
+        log.warning("C-STORE refused: 0x%04X %s", failure.status, failure.comment)
+        return _status(failure.status, failure.comment)
+    except Exception as exc:
+        log.exception("C-STORE failed")
+        return _status(STATUS_OUT_OF_RESOURCES, f"could not record the instance: {type(exc).__name__}")
+
+
+def _status(status: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def handle_association_end(event: evt.Event) -> None:
+    """Released or aborted: a last completeness check for every exam it touched (the first one
+    may have run before the last instance), and the database connection of this thread goes."""
+    with _touched_lock:
+        exam_ids = _touched.pop(id(event.assoc), set())
+    tasks.schedule_completeness_check(exam_ids)
+    connection.close()
+
+
+def register(ae: AE) -> list[tuple]:
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    return [
+        (evt.EVT_C_STORE, handle_store),
+        (evt.EVT_RELEASED, handle_association_end),
+        (evt.EVT_ABORTED, handle_association_end),
+    ]
