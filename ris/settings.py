@@ -37,10 +37,26 @@ def sqlite_path(url: str) -> str:
 
 # --- Core Django -------------------------------------------------------------
 
-SECRET_KEY = env("RIS_SECRET_KEY", "insecure-development-key-set-RIS_SECRET_KEY-in-production")
+SECRET_KEY = env("RIS_SECRET_KEY", "django-insecure-development-key-set-RIS_SECRET_KEY-in-production")
 DEBUG = env_bool("RIS_DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in env("RIS_ALLOWED_HOSTS", "*").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("RIS_CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
+
+# RIS_HTTPS=1: the web UI is served through a TLS reverse proxy that sets X-Forwarded-Proto.
+# Cookies become secure-only, plain HTTP is redirected (except /healthz, for load balancers),
+# and browsers are told to use HTTPS only (HSTS).
+RIS_HTTPS = env_bool("RIS_HTTPS", False)
+if RIS_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("RIS_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("RIS_HSTS_INCLUDE_SUBDOMAINS", False)
+    # Subdomain HSTS and preload lists bind the whole hospital domain, where devices often speak
+    # plain HTTP: a site decision (RIS_HSTS_INCLUDE_SUBDOMAINS), not a default of ours.
+    SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -167,3 +167,15 @@ def test_seed_demo_builds_a_day_and_is_idempotent(ris_env):
     assert scheduled > 30
     assert run_manage(ris_env, "seed_demo").returncode == 0
     assert RequestedProcedure.objects.count() == 40
+
+
+def test_production_settings_pass_the_deploy_checks(ris_env):
+    env = {**ris_env, "RIS_HTTPS": "1", "RIS_SECRET_KEY": uuid.uuid4().hex * 2, "RIS_ALLOWED_HOSTS": "ris.example.org"}
+    result = run_manage(env, "check", "--deploy", "--fail-level", "WARNING")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_default_settings_are_flagged_by_the_deploy_checks(ris_env):
+    result = run_manage(ris_env, "check", "--deploy", "--fail-level", "WARNING")
+    assert result.returncode != 0
+    assert "SECRET_KEY" in result.stdout + result.stderr
