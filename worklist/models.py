@@ -25,6 +25,12 @@ class Modality(models.Model):
     answer_character_set = models.CharField(
         max_length=16, choices=AnswerCharacterSet.choices, blank=True, default=AnswerCharacterSet.UTF8
     )
+    # Worklist coercion (issue 4): a console that leaves Scheduled Station AE Title empty gets
+    # only the steps scheduled on its own AE title (or one of its aliases).
+    station_from_calling_ae = models.BooleanField(
+        default=False,
+        help_text="worklist queries with an empty Scheduled Station AE Title return only this station's steps",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -34,3 +40,30 @@ class Modality(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ae_title} ({self.modality})"
+
+    @property
+    def station_ae_titles(self) -> list[str]:
+        """The AE titles this console answers to: its own and its aliases."""
+        return [self.ae_title, *self.aliases.values_list("ae_title", flat=True)]
+
+    @classmethod
+    def for_calling_ae(cls, ae_title: str) -> "Modality | None":
+        """The enabled modality a calling AE title belongs to, by its own title or an alias."""
+        return (
+            cls.objects.filter(enabled=True)
+            .filter(models.Q(ae_title=ae_title) | models.Q(aliases__ae_title=ae_title))
+            .first()
+        )
+
+
+class ModalityAlias(models.Model):
+    """A further AE title of one console (several AE titles, one worklist)."""
+
+    modality = models.ForeignKey(Modality, on_delete=models.CASCADE, related_name="aliases")
+    ae_title = models.CharField(max_length=16, unique=True)
+
+    class Meta:
+        verbose_name_plural = "modality aliases"
+
+    def __str__(self) -> str:
+        return f"{self.ae_title} -> {self.modality.ae_title}"

@@ -1,0 +1,248 @@
+"""Worklist answers (PS3.4 K.6, Table K.6-1): prepared per scheduled step, filtered per query.
+
+`build_mwl_dataset` writes one Scheduled Procedure Step's full answer as DICOM JSON (PS3.18
+Annex F) when the step is scheduled or changes (the `scheduled_steps_changed` receiver,
+inside the workflow's transaction), so a C-FIND only filters rows in SQL and streams them.
+Every Type 1 and Type 2 return key of Table K.6-1 is present (zero-length when unknown).
+
+`ResponseBuilder` turns a prepared answer into the response identifier for one query: only the
+requested keys (Sequence Matching: one SPS item, only the requested item keys), text converted
+to the console's character set (ISO_IR 192, ISO_IR 100 or transliterated ASCII, PS3.5 6.1),
+Specific Character Set set when the answer is not plain ASCII.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from anyascii import anyascii
+from django.db.models import Model
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from ris.timeutil import site_zone
+from worklist.models import AnswerCharacterSet
+
+TEXT_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})
+SPECIFIC_CHARACTER_SET = 0x00080005
+SPS_SEQUENCE = 0x00400100
+
+
+def tag_key(keyword: str) -> str:
+    """DICOM JSON attribute key ("00100010") of a keyword."""
+    return f"{tag_for_keyword(keyword):08X}"
+
+
+def element(keyword: str, value=None) -> tuple[str, dict]:
+    """One DICOM JSON attribute; an empty value gives a zero-length attribute (Type 2)."""
+    vr = dictionary_VR(keyword)
+    if value in (None, "", []):
+        return tag_key(keyword), {"vr": vr}
+    if vr == "PN":
+        return tag_key(keyword), {"vr": vr, "Value": [{"Alphabetic": value}]}
+    return tag_key(keyword), {"vr": vr, "Value": value if isinstance(value, list) else [value]}
+
+
+def code_item(code: str, scheme: str, meaning: str) -> dict:
+    return dict(
+        [element("CodeValue", code), element("CodingSchemeDesignator", scheme), element("CodeMeaning", meaning)]
+    )
+
+
+def person_name(patient: Model) -> str:
+    parts = [patient.family_name, patient.given_name, patient.middle_name, patient.name_prefix, patient.name_suffix]
+    return "^".join(parts).rstrip("^")
+
+
+def build_mwl_dataset(step: Model) -> dict:
+    """The full worklist answer of one step (its exam, order and patient loaded) as DICOM JSON.
+
+    Uses only model fields, so a migration can call it with historical models.
+    """
+    exam = step.requested_procedure
+    order = exam.order
+    patient = order.patient
+    start = step.start.astimezone(site_zone()) if step.start else None
+    procedure_codes = (
+        [code_item(exam.procedure_code, exam.procedure_code_scheme or "LOCAL", exam.procedure_description)]
+        if exam.procedure_code
+        else []
+    )
+    protocol_codes = [
+        code_item(c.get("code", ""), c.get("scheme", ""), c.get("meaning", "")) for c in step.protocol_codes or []
+    ]
+    sps = dict(
+        [
+            element("ScheduledStationAETitle", step.station_ae_title),
+            element("ScheduledProcedureStepStartDate", start.strftime("%Y%m%d") if start else ""),
+            element("ScheduledProcedureStepStartTime", start.strftime("%H%M%S") if start else ""),
+            element("Modality", step.modality),
+            element("ScheduledPerformingPhysicianName", step.performing_physician),
+            element("ScheduledProcedureStepDescription", step.description),
+            element("ScheduledProtocolCodeSequence", protocol_codes),
+            element("ScheduledProcedureStepID", step.sps_id),
+            element("ScheduledStationName", step.station_name),
+            element("ScheduledProcedureStepLocation", step.location),
+            element("PreMedication", step.pre_medication),
+            element("RequestedContrastAgent", step.contrast_agent),
+            element("ScheduledProcedureStepStatus", step.status),
+        ]
+    )
+    issuer = [dict([element("LocalNamespaceEntityID", exam.accession_issuer)])] if exam.accession_issuer else []
+    return dict(
+        [
+            # Patient identification, demographics and medical status (K.6-1 patient modules)
+            element("PatientName", person_name(patient)),
+            element("PatientID", patient.patient_id),
+            element("IssuerOfPatientID", patient.issuer),
+            element("PatientBirthDate", patient.birth_date.strftime("%Y%m%d") if patient.birth_date else ""),
+            element("PatientSex", patient.sex),
+            element("PatientWeight"),
+            element("ConfidentialityConstraintOnPatientDataDescription"),
+            element("PatientState", order.patient_state),
+            element("PregnancyStatus", order.pregnancy_status),
+            element("MedicalAlerts", order.medical_alerts),
+            element("Allergies", order.allergies),
+            element("SpecialNeeds"),
+            element("ReferencedPatientSequence"),
+            # Visit
+            element("AdmissionID", order.admission_id),
+            element("CurrentPatientLocation", order.patient_location),
+            # Imaging service request
+            element("AccessionNumber", exam.accession_number),
+            element("IssuerOfAccessionNumberSequence", issuer),
+            element("ReferringPhysicianName", order.referring_physician),
+            element("RequestingPhysician", order.ordering_physician),
+            element("ReasonForTheRequestedProcedure", order.reason),
+            element("PlacerOrderNumberImagingServiceRequest", order.placer_order_number),
+            element("FillerOrderNumberImagingServiceRequest", order.filler_order_number),
+            # Requested procedure
+            element("RequestedProcedureID", exam.requested_procedure_id),
+            element("RequestedProcedureDescription", exam.procedure_description),
+            element("RequestedProcedureCodeSequence", procedure_codes),
+            element("StudyInstanceUID", exam.study_instance_uid),
+            element("ReferencedStudySequence"),
+            element("RequestedProcedurePriority", order.priority),
+            element("PatientTransportArrangements", order.transport_arrangements),
+            # Scheduled procedure step: exactly one item (K.6.1.2.2)
+            element("ScheduledProcedureStepSequence", [sps]),
+        ]
+    )
+
+
+def refresh_steps(steps: Iterable[Model]) -> None:
+    """Rebuild the prepared answers of these steps from the database, in the caller's transaction."""
+    from ris.models import ScheduledStep
+
+    given = {s.pk: s for s in steps if s.pk}
+    rows = list(ScheduledStep.objects.filter(pk__in=given).select_related("requested_procedure__order__patient"))
+    for row in rows:
+        row.mwl_dataset = build_mwl_dataset(row)
+        given[row.pk].mwl_dataset = row.mwl_dataset  # so a later save() of the caller's copy keeps it
+    ScheduledStep.objects.bulk_update(rows, ["mwl_dataset"], batch_size=500)
+
+
+def on_scheduled_steps_changed(sender, steps, **kwargs) -> None:
+    refresh_steps(steps)
+
+
+# --- Responses ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """One requested return key: its tag, DICOM JSON key, VR and, for a sequence, the item
+    keys asked for (None = the whole stored sequence)."""
+
+    tag: int
+    key: str
+    vr: str
+    items: tuple[Field, ...] | None = None
+
+
+def requested_fields(identifier: Dataset) -> tuple[Field, ...]:
+    """The return keys of a query identifier (Specific Character Set and group lengths excluded)."""
+    fields = []
+    for elem in identifier:
+        tag = int(elem.tag)
+        if tag == SPECIFIC_CHARACTER_SET or elem.tag.element == 0:
+            continue
+        items = None
+        if elem.VR == "SQ" and elem.value and len(elem.value[0]) > 0:
+            items = requested_fields(elem.value[0])
+        fields.append(Field(tag, f"{tag:08X}", elem.VR, items))
+    return tuple(fields)
+
+
+def transliterate_latin1(text: str) -> str:
+    """Keep what Latin-1 can show ("Müller"), spell the rest in ASCII ("Nguyễn" → "Nguyen")."""
+    try:
+        text.encode("latin-1")
+        return text
+    except UnicodeEncodeError:
+        return "".join(c if ord(c) < 256 else anyascii(c) for c in text)
+
+
+class ResponseBuilder:
+    """Builds response identifiers in one answer character set (a Modality's setting)."""
+
+    def __init__(self, fields: tuple[Field, ...], charset: str = AnswerCharacterSet.UTF8) -> None:
+        self.fields = fields
+        self.charset = charset
+        self.convert = {
+            AnswerCharacterSet.LATIN1: transliterate_latin1,
+            AnswerCharacterSet.ASCII: anyascii,
+        }.get(charset)
+
+    def build(self, stored: dict) -> Dataset:
+        self._non_ascii = False
+        ds = Dataset()
+        self._fill(ds, self.fields, stored)
+        if self._non_ascii:
+            latin1 = self.charset == AnswerCharacterSet.LATIN1
+            ds.add(DataElement(SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 100" if latin1 else "ISO_IR 192"))
+        return ds
+
+    def _fill(self, ds: Dataset, fields: tuple[Field, ...] | None, stored: dict) -> None:
+        if fields is None:  # the whole item: every stored attribute
+            for key, attr in stored.items():
+                tag = int(key, 16)
+                ds.add(DataElement(tag, attr["vr"], self._value(attr, None)))
+            return
+        for f in fields:
+            attr = stored.get(f.key)
+            vr = attr["vr"] if attr else f.vr
+            ds.add(DataElement(f.tag, vr, self._value(attr, f.items) if attr else ([] if vr == "SQ" else None)))
+
+    def _value(self, attr: dict, items: tuple[Field, ...] | None):
+        vr, values = attr["vr"], attr.get("Value")
+        if not values:
+            return [] if vr == "SQ" else None
+        if vr == "SQ":
+            sequence = Sequence()
+            for item in values:
+                child = Dataset()
+                self._fill(child, items, item)
+                sequence.append(child)
+            return sequence
+        if vr == "PN":
+            values = [v.get("Alphabetic", "") for v in values]
+        if vr in TEXT_VRS:
+            values = [self._text(v) for v in values]
+        return values[0] if len(values) == 1 else values
+
+    def _text(self, text: str) -> str:
+        if text.isascii():
+            return text
+        if self.convert is not None:
+            text = self.convert(text)
+        self._non_ascii = self._non_ascii or not text.isascii()
+        return text
+
+
+def local_start(step_start: dt.datetime | None) -> dt.datetime | None:
+    return step_start.astimezone(site_zone()) if step_start else None
