@@ -318,3 +318,13 @@ RIS_HIS_STATUS_UPDATES = env("RIS_HIS_STATUS_UPDATES", "IP,CM,DC")
 # ORC-1 of those messages: SC (status changed, RAD-3 to the order placer) or XO (RAD-13 style).
 RIS_HIS_STATUS_ORDER_CONTROL = env("RIS_HIS_STATUS_ORDER_CONTROL", "SC")
 RIS_HIS_STATUS_VERSION = env("RIS_HIS_STATUS_VERSION", "2.3.1")
+
+# --- Modality Worklist (issue 4) ---------------------------------------------------
+
+# Step statuses a worklist query can see (SCHEDULED always; add ARRIVED,STARTED if consoles
+# should still see steps after arrival or start).
+RIS_MWL_VISIBLE_STATUSES = [s.strip().upper() for s in env("RIS_MWL_VISIBLE_STATUSES", "SCHEDULED").split(",")]
+# Patient's Name matching: "fold" = case- and accent-insensitive (Nguyen matches Nguyễn),
+# "exact" = case- and accent-sensitive literal matching (PS3.4 C.2.2.2.1 leaves PN to us).
+RIS_MWL_PN_MATCHING = env("RIS_MWL_PN_MATCHING", "fold").strip().lower()
+

@@ -261,7 +261,7 @@ def test_sequence_matching_requires_all_item_keys_to_match_the_same_step(dicom_s
 def test_only_requested_keys_are_returned_and_type_2_keys_are_present_when_empty(dicom_scp, ct1, tmp_path):
     exam(patient("P1", "DOE"), "A1", at("20250102", "0930"))
     keys = ["PatientID", "PatientBirthDate", "ReferringPhysicianName", f"{SPS}.ScheduledProcedureStepStartTime"]
-    responses, log = findscu(dicom_scp[1], tmp_path, keys)
+    responses, _ = findscu(dicom_scp[1], tmp_path, keys)
     (r,) = responses
     assert {e.keyword for e in r} == {
         "PatientID",

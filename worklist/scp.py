@@ -32,7 +32,7 @@ def calling_ae_allowed(ae_title: str) -> bool:
         return True
     close_old_connections()
     try:
-        return Modality.objects.filter(ae_title=ae_title, enabled=True).exists()
+        return Modality.for_calling_ae(ae_title) is not None  # its own AE title or an alias
     finally:
         close_old_connections()
 
@@ -68,7 +68,7 @@ def register(ae: AE) -> list[tuple]:
 
 
 # The services of the SCP, each a module with register(ae) -> [(event, handler), ...].
-SERVICES = ["worklist.scp", "worklist.mpps", "worklist.storage", "worklist.ian"]
+SERVICES = ["worklist.scp", "worklist.mwl", "worklist.mpps", "worklist.storage", "worklist.ian"]
 
 
 def build_ae() -> tuple[AE, list[tuple]]:
