@@ -328,3 +328,38 @@ RIS_MWL_VISIBLE_STATUSES = [s.strip().upper() for s in env("RIS_MWL_VISIBLE_STAT
 # "exact" = case- and accent-sensitive literal matching (PS3.4 C.2.2.2.1 leaves PN to us).
 RIS_MWL_PN_MATCHING = env("RIS_MWL_PN_MATCHING", "fold").strip().lower()
 
+# --- Web UI (issue 7) ------------------------------------------------------------
+
+import datetime as _dt  # noqa: E402
+
+INSTALLED_APPS += ["web", "axes"]
+# Local times everywhere in the UI; idle sessions end; axes answers locked-out logins (last).
+MIDDLEWARE += [
+    "web.middleware.SiteTimeZoneMiddleware",
+    "web.middleware.IdleTimeoutMiddleware",
+    "axes.middleware.AxesMiddleware",
+]
+# Axes only counts and refuses; ModelBackend authenticates.
+AUTHENTICATION_BACKENDS = ["web.auth.ThrottledLoginBackend", "django.contrib.auth.backends.ModelBackend"]
+TEMPLATES[0]["OPTIONS"]["context_processors"] += [
+    "django.template.context_processors.i18n",
+    "web.context.navigation",
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+LOCALE_PATHS = [BASE_DIR / "web" / "locale"]
+# A session lasts at most a shift and ends after RIS_SESSION_IDLE_SECONDS without a click.
+SESSION_COOKIE_AGE = env_int("RIS_SESSION_MAX_SECONDS", 12 * 3600)
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True  # htmx takes the token from the page, not the cookie
+RIS_SESSION_IDLE_SECONDS = env_int("RIS_SESSION_IDLE_SECONDS", 30 * 60)
+RIS_UI_POLL_SECONDS = env_int("RIS_UI_POLL_SECONDS", 5)
+# Login throttling (django-axes): RIS_LOGIN_FAILURE_LIMIT failures of one user name from one
+# address lock that pair out for RIS_LOGIN_COOLOFF_MINUTES.
+AXES_FAILURE_LIMIT = env_int("RIS_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = _dt.timedelta(minutes=env_int("RIS_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "web/locked_out.html"
+AXES_VERBOSE = False

@@ -1,7 +1,5 @@
 from django.contrib import admin
-from django.contrib.auth.decorators import login_required
-from django.urls import path
-from django.views.generic import RedirectView
+from django.urls import include, path
 
 from ris import api, health
 
@@ -10,6 +8,7 @@ urlpatterns = [
     path("api/exams", api.ExamList.as_view()),
     path("api/exams/<str:accession>/report", api.ExamReport.as_view()),
     path("admin/", admin.site.urls),
-    # The web UI's home; until the day board exists it is the admin, behind login like every page.
-    path("", login_required(RedirectView.as_view(url="/admin/"))),
+    # The web UI (issue 7): day board at the root, every page behind login; language switcher.
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("", include("web.urls")),
 ]

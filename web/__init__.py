@@ -1,0 +1,1 @@
+"""The web UI: pages for scheduling staff, technologists, radiologists and admins (issue 7)."""

@@ -1,0 +1,62 @@
+"""Reconciliation and QA (issue 7 §7): unscheduled exams, exams with missing images, HL7
+messages the RIS rejected."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.contrib import messages
+from django.db.models import Q
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from hl7.models import InboundMessage
+from ris import workflow
+from ris.models import ExamStatus, RequestedProcedure
+from web.access import RECONCILE, requires
+from web.forms import AcceptForm
+from web.views.common import actor_of, get_exam, safe_next
+
+# A completed exam still short of images this long after the quiet period is listed.
+MISSING_IMAGES_GRACE = dt.timedelta(minutes=10)
+
+
+@requires(RECONCILE)
+def qa(request):
+    overdue = timezone.now() - dt.timedelta(seconds=settings.RIS_ARRIVAL_QUIET_SECONDS) - MISSING_IMAGES_GRACE
+    related = RequestedProcedure.objects.select_related("order__patient")
+    return render(
+        request,
+        "web/qa.html",
+        {
+            "unscheduled": related.filter(
+                Q(needs_reconciliation=True) | Q(unscheduled=True, status=ExamStatus.IN_PROGRESS)
+            ).order_by("-created_at")[:100],
+            "missing_images": related.filter(status=ExamStatus.COMPLETED)
+            .filter(Q(status_changed_at__lt=overdue) | ~Q(qa_problem=""))
+            .order_by("status_changed_at")[:100],
+            "rejected": InboundMessage.objects.filter(outcome__in=["AE", "AR"]).order_by("-received_at")[:100],
+            "accept_form": AcceptForm(),
+        },
+    )
+
+
+@require_POST
+@requires(RECONCILE)
+def accept_exam(request, accession: str):
+    """Read the exam as it is: READY_FOR_READING with the reason in the audit trail."""
+    exam = get_exam(accession)
+    form = AcceptForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _("Say why the exam can be read as it is."))
+    else:
+        try:
+            workflow.mark_ready_for_reading(actor_of(request), exam, override_reason=form.cleaned_data["reason"])
+        except workflow.WorkflowError as error:
+            messages.error(request, error.reason)
+        else:
+            messages.success(request, _("Exam %(accession)s is ready for reading.") % {"accession": accession})
+    return redirect(safe_next(request, "web:qa"))
