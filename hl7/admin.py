@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from hl7.models import InboundMessage
+from hl7.models import InboundMessage, SenderProfile
 
 
 @admin.register(InboundMessage)
@@ -9,3 +9,14 @@ class InboundMessageAdmin(admin.ModelAdmin):
     list_filter = ("outcome", "message_type")
     search_fields = ("control_id", "sending_application")
     readonly_fields = [f.name for f in InboundMessage._meta.fields]
+
+
+@admin.register(SenderProfile)
+class SenderProfileAdmin(admin.ModelAdmin):
+    list_display = (
+        "sending_application",
+        "sending_facility",
+        "response",
+        "default_charset",
+        "protocol_code_components",
+    )

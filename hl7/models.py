@@ -1,4 +1,5 @@
-"""The inbound HL7 journal: every frame received over MLLP, stored raw before processing."""
+"""The inbound HL7 journal (every frame received over MLLP, stored raw before processing) and
+the per-sender settings of the HL7 interface (what to answer, how to read what they send)."""
 
 from django.db import models
 
@@ -23,3 +24,54 @@ class InboundMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_type or '?'} {self.control_id or '?'} from {self.peer} ({self.outcome or '-'})"
+
+
+class ResponseMode(models.TextChoices):
+    ACK = "ACK", "ACK (general acknowledgment)"
+    ORDER_RESPONSE = "ORDER_RESPONSE", "ORR^O02 to ORM^O01, ORI^O24 to OMI^O23"
+
+
+class Charset(models.TextChoices):
+    """MSH-18 values (HL7 table 0211) the listener reads."""
+
+    ASCII = "ASCII"
+    LATIN_1 = "8859/1", "ISO 8859-1 (Latin-1)"
+    UTF_8 = "UNICODE UTF-8"
+
+
+class ProtocolCodeComponents(models.TextChoices):
+    """Where OBR-4 carries the Scheduled Protocol Code (swf-spec §2): IHE's alternate triplet by default."""
+
+    ALTERNATE = "4-6", "components 4-6 (alternate identifier, IHE default)"
+    PRIMARY = "1-3", "components 1-3 (identifier)"
+
+
+class SenderProfile(models.Model):
+    """How the RIS talks to one HL7 sender (MSH-3 sending application, MSH-4 facility).
+
+    A message uses the profile whose application and facility match; a profile with an empty
+    facility matches any facility of that application. Senders without a profile get the
+    defaults below."""
+
+    sending_application = models.CharField(max_length=64)
+    sending_facility = models.CharField(max_length=64, blank=True, default="", help_text="empty = any facility")
+    response = models.CharField(max_length=16, choices=ResponseMode.choices, default=ResponseMode.ACK)
+    default_charset = models.CharField(
+        max_length=16,
+        choices=Charset.choices,
+        blank=True,
+        default="",
+        help_text="how to decode messages whose MSH-18 is empty; empty = RIS_HL7_DEFAULT_CHARSET",
+    )
+    protocol_code_components = models.CharField(
+        max_length=3, choices=ProtocolCodeComponents.choices, default=ProtocolCodeComponents.ALTERNATE
+    )
+    note = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["sending_application", "sending_facility"], name="one_profile_per_sender")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sending_application}^{self.sending_facility or '*'}"

@@ -43,6 +43,7 @@ from ris.models import (
     RequestedProcedure,
     ScheduledStep,
     Series,
+    StationRule,
     StepStatus,
     Study,
 )
@@ -390,7 +391,8 @@ def _create_exam(actor: Actor, order: ImagingOrder, procedure: ProcedureRequest)
             requested_procedure=exam,
             sps_id=s.sps_id or new_short_id(),
             modality=s.modality or procedure.modality,
-            station_ae_title=s.station_ae_title,
+            station_ae_title=s.station_ae_title
+            or station_for(s.modality or procedure.modality, procedure.procedure_code),
             station_name=s.station_name,
             location=s.location,
             start=s.start,
@@ -1194,3 +1196,153 @@ def keep_unscheduled_exam(actor: Actor, exam: RequestedProcedure) -> RequestedPr
     exam.save(update_fields=["needs_reconciliation", "updated_at"])
     audit(actor, "exam.reconciled_kept", exam=exam)
     return exam
+
+
+# --- Order control from the HIS: lookups, station rules, changes (issue 3) -------------
+
+
+def station_for(modality: str, procedure_code: str = "") -> str:
+    """The station (AE title) for a step that arrives without one (ris.models.StationRule):
+    the first enabled rule, lowest priority number first, whose modality equals the step's and
+    whose procedure code is empty or equals the exam's. '' when no rule matches: the step waits
+    on the worklist without a station until a scheduler assigns one in the UI."""
+    rule = (
+        StationRule.objects.filter(enabled=True, modality=modality)
+        .filter(Q(procedure_code="") | Q(procedure_code=procedure_code))
+        .order_by("priority", "id")
+        .first()
+    )
+    return rule.station_ae_title if rule else ""
+
+
+def find_order(
+    *, placer_order_number: str = "", placer_issuer: str = "", filler_order_number: str = "", filler_issuer: str = ""
+) -> ImagingOrder | None:
+    """The order a HIS message names: by filler number (ours) first, then by placer number.
+    An issuer that does not match exactly is forgiven when the number alone is unambiguous."""
+    for kind, number, issuer in (
+        ("filler", filler_order_number, filler_issuer),
+        ("placer", placer_order_number, placer_issuer),
+    ):
+        if not number:
+            continue
+        candidates = list(ImagingOrder.objects.filter(**{f"{kind}_order_number": number})[:10])
+        exact = [o for o in candidates if getattr(o, f"{kind}_issuer") == issuer]
+        if exact:
+            return exact[0]
+        if len(candidates) == 1:
+            return candidates[0]
+    return None
+
+
+def find_exam_of_order(
+    order: ImagingOrder, *, accession_number: str = "", requested_procedure_id: str = ""
+) -> RequestedProcedure | None:
+    """One exam of an order: by accession number, else Requested Procedure ID, else the
+    order's only exam."""
+    exams = order.requested_procedures.all()
+    if accession_number:
+        return exams.filter(accession_number=accession_number).first()
+    if requested_procedure_id:
+        return exams.filter(requested_procedure_id=requested_procedure_id).first()
+    only = list(exams[:2])
+    return only[0] if len(only) == 1 else None
+
+
+# Order fields the HIS may change on an existing order (XO); numbers and patient are not among them.
+ORDER_CHANGEABLE_FIELDS = frozenset(
+    {
+        "ordering_physician",
+        "referring_physician",
+        "reason",
+        "priority",
+        "admission_id",
+        "patient_location",
+        "medical_alerts",
+        "allergies",
+        "patient_state",
+        "pregnancy_status",
+        "transport_arrangements",
+    }
+)
+
+
+@dataclass
+class ExamChange:
+    """What an order change (HL7 XO) asks for; None = keep."""
+
+    start: dt.datetime | None = None
+    modality: str | None = None
+    station_ae_title: str | None = None
+    station_name: str | None = None
+    location: str | None = None
+    procedure_code: str | None = None
+    procedure_code_scheme: str | None = None
+    procedure_description: str | None = None
+    protocol_codes: list[dict[str, str]] | None = None
+    order_fields: dict[str, Any] = field(default_factory=dict)
+
+
+@transaction.atomic
+def change_exam(actor: Actor, exam: RequestedProcedure, change: ExamChange) -> RequestedProcedure:
+    """Change an exam that has not started (HL7 XO, RAD-13 style): time, modality, station,
+    procedure and order details. Its open steps take the change and are announced to the
+    worklist; an ORDERED exam whose steps now all have a start is SCHEDULED. A new modality
+    without an explicit station re-runs the station rules. Refused once the modality started
+    (IN_PROGRESS and later) or after cancel/discontinue."""
+    _require_permission(actor, "ris.schedule_exam", "change exams")
+    exam = _lock_exam(exam)
+    if exam.status not in (E.ORDERED, E.SCHEDULED):
+        if exam.status == E.IN_PROGRESS:
+            raise WorkflowError("in_progress", "exam is in progress at the modality and cannot be changed")
+        raise WorkflowError("illegal_transition", f"an exam in status {exam.status} can no longer be changed")
+    changed = _apply_order_fields(exam.order, change.order_fields)
+    for name in ("modality", "procedure_code", "procedure_code_scheme", "procedure_description"):
+        value = getattr(change, name)
+        if value is not None and getattr(exam, name) != value:
+            setattr(exam, name, value)
+            changed.append(name)
+    exam.save()
+    station = change.station_ae_title
+    if station is None and "modality" in changed:
+        station = station_for(exam.modality, exam.procedure_code)
+    steps = list(exam.scheduled_steps.filter(status__in=OPEN_STEP_STATUSES))
+    step_values = {
+        "start": change.start,
+        "modality": change.modality,
+        "station_ae_title": station,
+        "station_name": change.station_name,
+        "location": change.location,
+        "description": change.procedure_description,
+        "protocol_codes": change.protocol_codes,
+    }
+    for step in steps:
+        for name, value in step_values.items():
+            if value is not None and getattr(step, name) != value:
+                setattr(step, name, value)
+                changed.append(f"step.{name}")
+        step.save()
+    audit(actor, "exam.changed", exam=exam, changed=sorted(set(changed)), steps=[s.sps_id for s in steps])
+    if exam.status == E.ORDERED and steps and all(s.start is not None for s in steps):
+        _set_exam_status(exam, E.SCHEDULED, actor, "exam.scheduled", steps=[s.sps_id for s in steps])
+    _announce(steps)
+    return exam
+
+
+def _apply_order_fields(order: ImagingOrder, values: dict[str, Any]) -> list[str]:
+    unknown = set(values) - ORDER_CHANGEABLE_FIELDS
+    if unknown:
+        raise WorkflowError("invalid", f"order fields {sorted(unknown)} cannot be changed", field=sorted(unknown)[0])
+    changed = [k for k, v in values.items() if getattr(order, k) != v]
+    for name in changed:
+        setattr(order, name, values[name])
+    if changed:
+        order.save()
+    return [f"order.{name}" for name in changed]
+
+
+@transaction.atomic
+def record_placer_status(actor: Actor, exam: RequestedProcedure, placer_status: str) -> None:
+    """A status report from the order placer (HL7 SC with ORC-5 SC/IP/CM/HD...): audited, no
+    status change, since the exam's progress is what the modality reports (MPPS), not the HIS."""
+    audit(actor, "order.placer_status", exam=exam, placer_status=placer_status)

@@ -168,3 +168,27 @@ def send_task(env: dict[str, str], name: str, *args) -> None:
         app.send_task(name, args=list(args), queue=env["RIS_CELERY_QUEUE"])
     finally:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def shared_mllp_listener(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[tuple[str, int]]:
+    """One `runmllp` subprocess with default settings for a whole test module (issue 3).
+    Each test still takes `transactional_db`, so it starts from an empty database."""
+    with django_db_blocker.unblock():
+        url = database_url_of_test_db()
+    tmp = tmp_path_factory.mktemp("mllp")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RIS_")}
+    env.update(
+        {
+            "DATABASE_URL": url,
+            "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{tmp / 'broker.sqlite3'}",
+            "RIS_CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+            "RIS_BIND": "127.0.0.1",
+            "RIS_MLLP_PORT": str(port),
+            "RIS_AE_TITLE": "RIS",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    with running(manage("runmllp"), env, tmp / "mllp.log", port):
+        yield "127.0.0.1", port
