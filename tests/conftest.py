@@ -192,3 +192,22 @@ def shared_mllp_listener(django_db_setup, django_db_blocker, tmp_path_factory) -
     )
     with running(manage("runmllp"), env, tmp / "mllp.log", port):
         yield "127.0.0.1", port
+
+
+# --- Web UI (issue 7) ---------------------------------------------------------------
+
+UI_PASSWORD = "ui-pass-1234"
+
+
+@pytest.fixture
+def ui_users(db, settings) -> dict:
+    """One user per role (ris/roles.py), each with UI_PASSWORD (hashed fast: these are tests)."""
+    from django.contrib.auth.models import Group, User
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    users = {}
+    for role in ("scheduler", "technologist", "radiologist", "admin"):
+        user = User.objects.create_user(role, password=UI_PASSWORD)
+        user.groups.add(Group.objects.get(name=role))
+        users[role] = user
+    return users

@@ -33,3 +33,27 @@ PRIORITY_LABELS = {
 
 def status_label(status: str) -> str:
     return str(STATUS_LABELS.get(status, status))
+
+
+SEX_LABELS = {"F": _("female"), "M": _("male"), "O": _("other"), "": ""}
+
+# Audit actions (ris.workflow) as the exam timeline shows them.
+ACTION_LABELS = {
+    "order.placed": _("Order placed"),
+    "exam.ordered": _("Exam ordered"),
+    "exam.scheduled": _("Exam scheduled"),
+    "exam.patient_arrived": _("Patient arrived"),
+    "exam.started": _("Exam started"),
+    "exam.completed": _("Exam completed"),
+    "exam.discontinued": _("Exam discontinued"),
+    "exam.cancelled": _("Exam cancelled"),
+    "exam.ready_for_reading": _("Ready for reading"),
+    "report.signed": _("Report signed"),
+    "patient.registered": _("Patient registered"),
+    "patient.updated": _("Patient updated"),
+    "patient.merged": _("Patients merged"),
+}
+
+
+def action_label(action: str) -> str:
+    return str(ACTION_LABELS.get(action, action))

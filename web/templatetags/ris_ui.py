@@ -7,7 +7,7 @@ import datetime as dt
 from django import template
 from django.utils.translation import gettext as _
 
-from web.labels import status_label
+from web.labels import PRIORITY_LABELS, SEX_LABELS, status_label
 
 register = template.Library()
 
@@ -59,3 +59,18 @@ def age_since(moment: dt.datetime | None) -> str:
 @register.filter
 def get_item(mapping: dict, key):
     return mapping.get(key) if mapping else None
+
+
+@register.filter
+def priority_label(priority: str) -> str:
+    return str(PRIORITY_LABELS.get(priority, priority))
+
+
+@register.filter
+def sex_label(sex: str) -> str:
+    return str(SEX_LABELS.get(sex, ""))
+
+
+@register.filter
+def status_text(status: str) -> str:
+    return status_label(status)

@@ -26,7 +26,7 @@ from ris.models import (
 )
 from ris.timeutil import local_day_bounds
 from web.access import PERFORM, RECONCILE, SCHEDULE, SIGN, VIEW_EXAMS, VIEW_PATIENTS, requires
-from web.labels import STATUS_LABELS
+from web.labels import STATUS_LABELS, action_label, status_label
 from web.views.common import get_exam
 
 PAGE_SIZE = 25
@@ -89,6 +89,7 @@ class TimelineEntry:
     actor: str = ""
     detail: Any = None
     raw: str = ""
+    code: str = ""
 
 
 def _inbound_hl7(exam: RequestedProcedure) -> list[InboundMessage]:
@@ -104,10 +105,24 @@ def _inbound_hl7(exam: RequestedProcedure) -> list[InboundMessage]:
     return [m for m in candidates if any(k in bytes(m.raw) for k in keys)]
 
 
+def _detail_text(detail: dict) -> str:
+    """An audit event's details as "key: value" pairs, statuses in words."""
+    parts = []
+    for key, value in (detail or {}).items():
+        if value in ("", None, [], {}):
+            continue
+        if key in ("old_status", "new_status"):
+            value = status_label(value)
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        parts.append(f"{key}: {value}")
+    return " · ".join(parts)
+
+
 def timeline(exam: RequestedProcedure) -> list[TimelineEntry]:
     """Everything that happened to the exam, oldest first."""
     entries = [
-        TimelineEntry(e.at, "audit", e.action, e.actor, e.detail)
+        TimelineEntry(e.at, "audit", action_label(e.action), e.actor, _detail_text(e.detail), code=e.action)
         for e in exam.audit_events.select_related("user").order_by("at", "id")
     ]
     for message in _inbound_hl7(exam):
