@@ -13,8 +13,8 @@ Specific Character Set set when the answer is not plain ASCII.
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from anyascii import anyascii
@@ -243,6 +243,115 @@ class ResponseBuilder:
         self._non_ascii = self._non_ascii or not text.isascii()
         return text
 
+    # --- Direct encoding: the hot path of a C-FIND ---------------------------------------
 
-def local_start(step_start: dt.datetime | None) -> dt.datetime | None:
-    return step_start.astimezone(site_zone()) if step_start else None
+    def encode(self, stored: dict, implicit_vr: bool) -> bytes:
+        """The response identifier of `stored` as Little Endian bytes (implicit or explicit VR),
+        byte for byte what pydicom would decode back to `build(stored)`; ~10x faster than
+        building a Dataset and letting pydicom write it, which matters for broad queries."""
+        self._non_ascii = False
+        body = b"".join(self._encode_fields(self.fields, stored, implicit_vr))
+        if not self._non_ascii:
+            return body
+        term = b"ISO_IR 100" if self.charset == AnswerCharacterSet.LATIN1 else b"ISO_IR 192"
+        return _element_bytes(SPECIFIC_CHARACTER_SET, "CS", term, implicit_vr) + body
+
+    def _encode_fields(self, fields: tuple[Field, ...] | None, stored: dict, implicit_vr: bool) -> Iterator[bytes]:
+        if fields is None:
+            for key in sorted(stored):
+                attr = stored[key]
+                yield self._encode_attr(int(key, 16), attr["vr"], attr, None, implicit_vr)
+            return
+        for f in fields:
+            attr = stored.get(f.key)
+            yield self._encode_attr(f.tag, attr["vr"] if attr else f.vr, attr, f.items, implicit_vr)
+
+    def _encode_attr(self, tag: int, vr: str, attr: dict | None, items, implicit_vr: bool) -> bytes:
+        values = attr.get("Value") if attr else None
+        if vr == "SQ":
+            body = b"".join(
+                ITEM_START + b"".join(self._encode_fields(items, item, implicit_vr)) + ITEM_END for item in values or []
+            )
+            return _element_bytes(tag, "SQ", body + SEQUENCE_END, implicit_vr, undefined_length=True)
+        if not values:
+            return _element_bytes(tag, vr, b"", implicit_vr)
+        if vr in BINARY_FORMATS:
+            return _element_bytes(tag, vr, struct.pack(f"<{len(values)}{BINARY_FORMATS[vr]}", *values), implicit_vr)
+        if vr == "PN":
+            values = [v.get("Alphabetic", "") for v in values]
+        text = "\\".join(str(v) for v in values)
+        if vr in TEXT_VRS:
+            text = self._text(text)
+            data = text.encode("latin-1" if self.charset == AnswerCharacterSet.LATIN1 else "utf-8")
+        else:
+            data = text.encode("ascii", "replace")
+        if len(data) % 2:
+            data += b"\x00" if vr == "UI" else b" "
+        return _element_bytes(tag, vr, data, implicit_vr)
+
+
+ITEM_START = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+ITEM_END = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+SEQUENCE_END = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+# VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
+LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+BINARY_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "AT": "I"}
+
+
+def _element_bytes(tag: int, vr: str, value: bytes, implicit_vr: bool, undefined_length: bool = False) -> bytes:
+    length = 0xFFFFFFFF if undefined_length else len(value)
+    if implicit_vr:
+        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, length) + value
+    if vr in LONG_LENGTH_VRS:
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, length) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length) + value
+
+
+class PreparedResponse(Dataset):
+    """A pending C-FIND response identifier, encoded straight from the prepared answer when
+    pynetdicom sends it (worklist.mwl routes pynetdicom's encoder here). It stays an empty
+    Dataset until `dataset()` builds the pydicom form (big endian or deflated transfer syntaxes)."""
+
+    def __init__(self, builder: ResponseBuilder, stored: dict) -> None:
+        super().__init__()
+        object.__setattr__(self, "_mwl_source", (builder, stored))
+
+    def encode_identifier(self, implicit_vr: bool) -> bytes:
+        builder, stored = object.__getattribute__(self, "_mwl_source")
+        return builder.encode(stored, implicit_vr)
+
+    def dataset(self) -> Dataset:
+        builder, stored = object.__getattribute__(self, "_mwl_source")
+        return builder.build(stored)
+
+
+# --- DIMSE command sets ---------------------------------------------------------------
+
+COMMAND_STRING_VRS = frozenset({"UI", "AE", "LO", "SH", "CS", "ST", "DA", "TM"})
+COMMAND_NUMBER_FORMATS = {"US": "H", "UL": "I", "SS": "h", "SL": "i"}
+
+
+def encode_command_set(ds: Dataset) -> bytes:
+    """A DIMSE command set (group 0000) in Implicit VR Little Endian (PS3.7 6.3.1), byte for
+    byte what pydicom writes; raises ValueError on anything it does not handle, so the
+    caller falls back to pydicom. Every C-FIND response carries one, so this is hot."""
+    parts = []
+    for elem in ds.elements():
+        if not isinstance(elem, DataElement) or elem.tag >> 16 != 0:
+            raise ValueError("not a plain command element")
+        vr, value = elem.VR, elem.value
+        if value is None or value == "":
+            data = b""
+        elif vr in COMMAND_STRING_VRS and isinstance(value, str):
+            data = value.encode("ascii")
+            if len(data) % 2:
+                data += b"\x00" if vr == "UI" else b" "
+        elif vr in COMMAND_NUMBER_FORMATS and isinstance(value, int):
+            data = struct.pack("<" + COMMAND_NUMBER_FORMATS[vr], value)
+        elif vr == "AT":
+            tags = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+            data = b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in tags)
+        else:
+            raise ValueError(f"command element {elem.tag} with VR {vr}")
+        parts.append(struct.pack("<HHI", 0, elem.tag & 0xFFFF, len(data)) + data)
+    return b"".join(parts)

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""MWL C-FIND latency vs worklist size: our SCP against DCMTK wlmscpfs on the same steps.
+
+For each N a generator writes N scheduled steps across 5 modalities and D days (D = max(10,
+N/1000), so one day holds at most 1,000 steps) twice: into a fresh SQLite database of the RIS
+(bulk rows with their prepared worklist answers, as the workflow signal would build them) and
+as N `.wl` files (pydicom; the same content dump2dcm would write) for wlmscpfs. Both servers
+run on loopback with TCP_NODELAY=1 and are queried by the same DCMTK `findscu -W` process
+kind (its ~35 ms start-up is in every figure, both sides):
+
+- narrow: one patient (PatientID);
+- typical: a console's own day (Scheduled Station AE CT01 + one SPS start date);
+- broad: everything on one day (one SPS start date; 1,000 items from N = 10k).
+
+`run(quick)` returns the Markdown section with medians, match counts and ratios ours/peer,
+and writes docs/benchmarks/mwl_latency.svg (latency vs N, log scales).
+Usage alone: `.venv/bin/python bench/bench_mwl.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MODALITIES = ["CT", "MR", "US", "CR", "DX"]
+QUERY_DAY = "20250102"
+SPS = "ScheduledProcedureStepSequence[0]"
+RETURN_KEYS = [
+    "PatientName",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "RequestedProcedureID",
+    f"{SPS}.ScheduledProcedureStepStartTime",
+    f"{SPS}.ScheduledProcedureStepID",
+    f"{SPS}.ScheduledProcedureStepDescription",
+]
+QUERIES = {
+    "narrow": [
+        "PatientID=PID0000500",
+        f"{SPS}.Modality",
+        f"{SPS}.ScheduledStationAETitle",
+        f"{SPS}.ScheduledProcedureStepStartDate",
+    ],
+    "typical": [
+        "PatientID",
+        f"{SPS}.Modality",
+        f"{SPS}.ScheduledStationAETitle=CT01",
+        f"{SPS}.ScheduledProcedureStepStartDate={QUERY_DAY}",
+    ],
+    "broad": [
+        "PatientID",
+        f"{SPS}.Modality",
+        f"{SPS}.ScheduledStationAETitle",
+        f"{SPS}.ScheduledProcedureStepStartDate={QUERY_DAY}",
+    ],
+}
+
+
+# --- The worklist generator (runs in a child process with its own DATABASE_URL) -------------
+
+
+def step_values(i: int, n: int) -> dict:
+    days = max(10, n // 1000)
+    modality = MODALITIES[(i // 10) % 5]
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
+        days=i % days, hours=7 + (i // days) % 12, minutes=(i * 7) % 60
+    )
+    return {
+        "patient_id": f"PID{i:07d}",
+        "family": "TEST",
+        "given": f"PATIENT{i:07d}",
+        "birth": dt.date(1920 + i % 80, 1, 1),
+        "sex": "MF"[i % 2],
+        "accession": f"ACC{i:07d}",
+        "rp_id": f"RP{i:07d}",
+        "sps_id": f"SPS{i:07d}",
+        "study_uid": f"1.2.826.0.1.3680043.8.498.{n}.{i}",
+        "modality": modality,
+        "station": f"{modality}01",
+        "start": start,
+        "procedure": f"{modality} EXAM {i}",
+        "step": f"{modality} SPS DESCRIPTION {i}",
+    }
+
+
+def generate(n: int, wl_dir: Path) -> None:
+    """Fill the (empty, migrated) database of DATABASE_URL and write wl_dir/WLAE/*.wl."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ris.settings")
+    sys.path.insert(0, str(ROOT))
+    django.setup()
+    from django.db import transaction
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from ris.models import ImagingOrder, Patient, RequestedProcedure, ScheduledStep, fold_for_search
+    from worklist.datasets import build_mwl_dataset
+
+    folder = wl_dir / "WLAE"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lockfile").touch()
+    batch = 2000
+    for first in range(0, n, batch):
+        rows = [step_values(i, n) for i in range(first, min(n, first + batch))]
+        with transaction.atomic():
+            patients = Patient.objects.bulk_create(
+                [
+                    Patient(
+                        patient_id=r["patient_id"],
+                        family_name=r["family"],
+                        given_name=r["given"],
+                        name_search=fold_for_search(f"{r['family']}^{r['given']}"),
+                        birth_date=r["birth"],
+                        sex=r["sex"],
+                    )
+                    for r in rows
+                ]
+            )
+            orders = ImagingOrder.objects.bulk_create(
+                [
+                    ImagingOrder(patient=p, filler_order_number=r["accession"], referring_physician="REF^DOCTOR")
+                    for p, r in zip(patients, rows, strict=True)
+                ]
+            )
+            exams = RequestedProcedure.objects.bulk_create(
+                [
+                    RequestedProcedure(
+                        order=o,
+                        accession_number=r["accession"],
+                        requested_procedure_id=r["rp_id"],
+                        study_instance_uid=r["study_uid"],
+                        procedure_description=r["procedure"],
+                        modality=r["modality"],
+                        status="SCHEDULED",
+                    )
+                    for o, r in zip(orders, rows, strict=True)
+                ]
+            )
+            steps = [
+                ScheduledStep(
+                    requested_procedure=e,
+                    sps_id=r["sps_id"],
+                    modality=r["modality"],
+                    station_ae_title=r["station"],
+                    start=r["start"],
+                    description=r["step"],
+                    performing_physician="TECH^ONE",
+                )
+                for e, r in zip(exams, rows, strict=True)
+            ]
+            for step in steps:
+                step.mwl_dataset = build_mwl_dataset(step)
+            ScheduledStep.objects.bulk_create(steps)
+        for i, r in enumerate(rows, start=first):
+            write_wl(folder / f"wl{i:07d}.wl", r, Dataset, FileMetaDataset, ExplicitVRLittleEndian)
+
+
+def write_wl(path: Path, r: dict, Dataset, FileMetaDataset, ExplicitVRLittleEndian) -> None:  # noqa: N803
+    """The same entry as a worklist file (peers.md §1 layout)."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.AccessionNumber = r["accession"]
+    ds.ReferringPhysicianName = "REF^DOCTOR"
+    ds.PatientName = f"{r['family']}^{r['given']}"
+    ds.PatientID = r["patient_id"]
+    ds.PatientBirthDate = r["birth"].strftime("%Y%m%d")
+    ds.PatientSex = r["sex"]
+    ds.StudyInstanceUID = r["study_uid"]
+    ds.RequestedProcedureDescription = r["procedure"]
+    sps = Dataset()
+    sps.Modality = r["modality"]
+    sps.ScheduledStationAETitle = r["station"]
+    sps.ScheduledProcedureStepStartDate = r["start"].strftime("%Y%m%d")
+    sps.ScheduledProcedureStepStartTime = r["start"].strftime("%H%M%S")
+    sps.ScheduledPerformingPhysicianName = "TECH^ONE"
+    sps.ScheduledProcedureStepDescription = r["step"]
+    sps.ScheduledProcedureStepID = r["sps_id"]
+    ds.ScheduledProcedureStepSequence = [sps]
+    ds.RequestedProcedureID = r["rp_id"]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=False, implicit_vr=False, little_endian=True)
+
+
+# --- Running the servers and timing findscu ---------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def findscu(port: int, called: str, kind: str, quiet: bool = True) -> subprocess.CompletedProcess:
+    argv = ["findscu", "-W", "-aet", "CT01", "-aec", called, "127.0.0.1", str(port)]
+    for key in QUERIES[kind] + RETURN_KEYS:
+        argv += ["-k", key]
+    argv.append("-q" if quiet else "-v")
+    return subprocess.run(argv, capture_output=True, timeout=600, env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def count_matches(port: int, called: str, kind: str) -> int:
+    log = findscu(port, called, kind, quiet=False)
+    return (log.stdout + log.stderr).decode("latin-1").count("(Pending)")
+
+
+def median_seconds(port: int, called: str, kind: str, runs: int) -> float:
+    findscu(port, called, kind)  # warm-up
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = findscu(port, called, kind)
+        times.append(time.perf_counter() - started)
+        if result.returncode != 0:
+            raise RuntimeError(f"findscu failed against {called}: {result.stderr[-500:]!r}")
+    return statistics.median(times)
+
+
+def measure(n: int, runs: int, work: Path) -> list[dict]:
+    db = work / f"mwl{n}.sqlite3"
+    wl_dir = work / f"wl{n}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RIS_")},
+        "DATABASE_URL": f"sqlite:///{db}",
+        "RIS_TIME_ZONE": "UTC",
+        "RIS_DICOM_ALLOW_ANY_AE": "1",
+        "DJANGO_SETTINGS_MODULE": "ris.settings",
+        "TCP_NODELAY": "1",
+    }
+    subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    started = time.monotonic()
+    subprocess.run([PYTHON, __file__, "--generate", str(n), str(wl_dir)], cwd=ROOT, env=env, check=True)
+    print(f"   N={n}: generated in {time.monotonic() - started:.0f} s", flush=True)
+    ours_port, peer_port = free_port(), free_port()
+    ours = subprocess.Popen(
+        [PYTHON, "manage.py", "rundicom"],
+        cwd=ROOT,
+        env={**env, "RIS_DICOM_PORT": str(ours_port), "RIS_LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    peer = subprocess.Popen(
+        ["wlmscpfs", "-dfp", str(wl_dir), str(peer_port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    rows = []
+    try:
+        wait_port(ours_port, ours)
+        wait_port(peer_port, peer)
+        for kind in QUERIES:
+            row = {"n": n, "query": kind}
+            row["matches_ours"] = count_matches(ours_port, "RIS", kind)
+            row["matches_peer"] = count_matches(peer_port, "WLAE", kind)
+            row["ours"] = median_seconds(ours_port, "RIS", kind, runs)
+            row["peer"] = median_seconds(peer_port, "WLAE", kind, runs)
+            rows.append(row)
+            print(f"   N={n} {kind}: {row}", flush=True)
+    finally:
+        stop(ours)
+        stop(peer)
+        shutil.rmtree(wl_dir, ignore_errors=True)
+        db.unlink(missing_ok=True)
+    return rows
+
+
+# --- Report ------------------------------------------------------------------------------
+
+
+def svg_plot(rows: list[dict], path: Path) -> None:
+    """Latency vs N on log-log axes, one line per server and query (no plotting dependency)."""
+    w, h, left, bottom, top, right = 640, 400, 60, 40, 20, 150
+    ns = sorted({r["n"] for r in rows})
+    ys = [r[k] for r in rows for k in ("ours", "peer")]
+    x0, x1 = math.log10(min(ns)) - 0.1, math.log10(max(ns)) + 0.1
+    y0, y1 = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
+
+    def px(n: float) -> float:
+        return left + (math.log10(n) - x0) / (x1 - x0) * (w - left - right)
+
+    def py(s: float) -> float:
+        return h - bottom - (math.log10(s) - y0) / (y1 - y0) * (h - bottom - top)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">'
+    ]
+    parts.append(f'<rect width="{w}" height="{h}" fill="white"/>')
+    for e in range(y0, y1 + 1):
+        y = py(10**e)
+        parts.append(f'<line x1="{left}" x2="{w - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10**e:g} s</text>')
+    for n in ns:
+        x = px(n)
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{h - bottom}" stroke="#eee"/>')
+        parts.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">N={n:,}</text>')
+    colours = {"narrow": "#1b9e77", "typical": "#d95f02", "broad": "#7570b3"}
+    legend_y = top + 10
+    for kind, colour in colours.items():
+        for server, dash in (("ours", ""), ("peer", ' stroke-dasharray="5,4"')):
+            points = sorted((r["n"], r[server]) for r in rows if r["query"] == kind)
+            if not points:
+                continue
+            coords = " ".join(f"{px(n):.1f},{py(s):.1f}" for n, s in points)
+            parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+            label = f"{kind}, {'RIS' if server == 'ours' else 'wlmscpfs'}"
+            lx = w - right + 10
+            parts.append(
+                f'<line x1="{lx}" x2="{lx + 20}" y1="{legend_y}" y2="{legend_y}" stroke="{colour}" stroke-width="2"{dash}/>'
+            )
+            parts.append(f'<text x="{lx + 25}" y="{legend_y + 4}">{label}</text>')
+            legend_y += 16
+    parts.append(f'<text x="{left}" y="{top - 6}">MWL C-FIND median latency (findscu -W, loopback)</text>')
+    parts.append("</svg>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+
+
+def markdown(rows: list[dict], runs: dict[int, int], quick: bool) -> str:
+    lines = [
+        "## Modality Worklist C-FIND (RAD-5): RIS vs DCMTK wlmscpfs",
+        "",
+        "Median wall time of one `findscu -W` run (association, C-FIND, all responses, release; "
+        "DCMTK start-up included on both sides), same N steps in both servers, TCP_NODELAY=1 everywhere. "
+        "RIS on SQLite (the embedded default). narrow = one PatientID; typical = Scheduled Station AE "
+        f"CT01 + SPS start date {QUERY_DAY}; broad = every step on that date."
+        + (" Quick mode: small N only." if quick else ""),
+        "",
+        "| N | query | matches | RIS (s) | wlmscpfs (s) | ratio RIS/wlmscpfs | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        matches = (
+            str(r["matches_ours"])
+            if r["matches_ours"] == r["matches_peer"]
+            else (f"{r['matches_ours']} (peer {r['matches_peer']})")
+        )
+        lines.append(
+            f"| {r['n']:,} | {r['query']} | {matches} | {r['ours']:.3f} | {r['peer']:.3f} | "
+            f"**{r['ours'] / r['peer']:.2f}** | {runs[r['n']]} |"
+        )
+    lines += ["", "![MWL latency vs N](benchmarks/mwl_latency.svg)", ""]
+    return "\n".join(lines)
+
+
+def run(quick: bool) -> str:
+    if shutil.which("wlmscpfs") is None or shutil.which("findscu") is None:
+        return "## Modality Worklist C-FIND\n\nSkipped: DCMTK (wlmscpfs, findscu) is not installed.\n"
+    sizes = {200: 5, 1000: 5} if quick else {1000: 10, 10_000: 7, 100_000: 5}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-mwl-") as tmp:
+        for n, runs in sizes.items():
+            rows += measure(n, runs, Path(tmp))
+    svg_plot(rows, ROOT / "docs" / "benchmarks" / "mwl_latency.svg")
+    return markdown(rows, sizes, quick)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--generate":
+        generate(int(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        print(run(quick="--quick" in sys.argv))
