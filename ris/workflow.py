@@ -980,10 +980,13 @@ def queue_his_status(exam: RequestedProcedure, order_status: str, performed: Per
     control_id = f"S{exam.pk}{order_status}{performed.pk if performed else 0}"
     if OutboundMessage.objects.filter(message_control_id=control_id).exists():
         return
+    from ris import outbox
+
     payload = build_order_status_message(exam, order_status, control_id)
-    OutboundMessage.objects.create(
+    message = outbox.create_message(
         destination="orm", requested_procedure=exam, message_control_id=control_id, payload=payload
     )
+    outbox.enqueue_on_commit([message])
 
 
 # Arrival of instances (C-STORE, IAN) and the completeness decision (swf-spec §7).
