@@ -8,6 +8,7 @@ Data is created through ris.workflow, as HL7 or the UI would.
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import subprocess
 from pathlib import Path
 
@@ -445,3 +446,48 @@ def test_listener_keeps_answering_after_bad_queries(dicom_scp, ct1, tmp_path):
     identifier = mwl_identifier(StudyInstanceUID="not-a-uid")
     assert pynetdicom_find(dicom_scp[1], identifier)[0][0].Status == 0xC000
     assert accessions(query(dicom_scp[1], tmp_path)) == ["A1"]
+
+
+# --- HL7 changes reach the worklist at once ------------------------------------------------
+
+
+def mllp_send(port: int, message: str) -> str:
+    """A plain-socket MLLP sender: one frame, its acknowledgment."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"\x0b" + message.replace("\n", "\r").encode() + b"\x1c\r")
+        answer = b""
+        while b"\x1c\r" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.decode(errors="replace")
+
+
+def orm(control: str, msg_id: str, start: str, station: str) -> str:
+    return "\n".join(
+        [
+            f"MSH|^~\\&|HIS|HOSP|RIS|RAD|20250101080000||ORM^O01|{msg_id}|P|2.3.1",
+            "PID|||P77^^^HOSP||TRAN^VAN||19800101|M",
+            f"ORC|{control}|PL77^HIS|||SC||^^^{start}^^R|||||||||||{station}",
+            "OBR|1|PL77^HIS||^^^CTH^CT head^L||||||||||||||ACC77||||||CT",
+        ]
+    )
+
+
+def test_step_changed_by_hl7_xo_is_answered_with_the_change_at_once(dicom_scp, mllp_listener, ct1, tmp_path):
+    assert "MSA|AA" in mllp_send(mllp_listener[1], orm("NW", "M1", "20250102090000", "CT1"))
+    (before,) = query(dicom_scp[1], tmp_path, "AccessionNumber=ACC77")
+    assert before.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime == "090000"
+    assert "MSA|AA" in mllp_send(mllp_listener[1], orm("XO", "M2", "20250103143000", "CT2"))
+    (after,) = query(dicom_scp[1], tmp_path, "AccessionNumber=ACC77")
+    item = after.ScheduledProcedureStepSequence[0]
+    assert (item.ScheduledProcedureStepStartDate, item.ScheduledProcedureStepStartTime) == ("20250103", "143000")
+    assert item.ScheduledStationAETitle == "CT2"
+
+
+def test_step_cancelled_by_hl7_ca_disappears_at_once(dicom_scp, mllp_listener, ct1, tmp_path):
+    assert "MSA|AA" in mllp_send(mllp_listener[1], orm("NW", "M1", "20250102090000", "CT1"))
+    assert len(query(dicom_scp[1], tmp_path, "AccessionNumber=ACC77")) == 1
+    assert "MSA|AA" in mllp_send(mllp_listener[1], orm("CA", "M2", "20250102090000", "CT1"))
+    assert query(dicom_scp[1], tmp_path, "AccessionNumber=ACC77") == []
