@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from hl7 import er7, mapping
@@ -82,21 +82,39 @@ class Header:
 
 
 def handle_frame(raw: bytes, peer: str) -> bytes:
-    """Journal, process and answer one MLLP frame; returns the answer's bytes (never raises)."""
-    close_old_connections()
+    """Journal, process and answer one MLLP frame; returns the answer's bytes (never raises).
+
+    The connection's thread keeps its database connection between frames (no reconnect per
+    message); after a database error it is dropped so the next frame reconnects."""
     try:
-        entry = InboundMessage.objects.create(peer=peer[:64], raw=raw)
+        entry = journal(raw, peer)
     except DatabaseError:
         log.exception("journal unavailable; refusing frame from %s", peer)
+        connection.close()
         return _answer_without_journal(raw)
     try:
         return _process(entry, raw, peer)
-    except Exception:  # the listener answers every frame; the journal keeps the details
+    except Exception as exc:  # the listener answers every frame; the journal keeps the details
         log.exception("HL7 message from %s failed outside the workflow", peer)
+        if isinstance(exc, DatabaseError):
+            connection.close()
         msh = _loose_msh(raw)
         ack = build_ack(msh, "AR", HL7Error(ERR_INTERNAL, "internal error; the message was kept, try again"))
         _finish(entry, "AR", ack.encode("latin-1", "replace"), "internal error")
         return ack.encode("latin-1", "replace")
+
+
+def journal(raw: bytes, peer: str) -> InboundMessage:
+    """Store the frame before anything else. On PostgreSQL this commit does not wait for the
+    WAL flush (synchronous_commit off): the later commit of the message's effects flushes it
+    too, before any ACK leaves, and only a crash of PostgreSQL itself could lose the row of a
+    message that was then never acknowledged (so its sender sends it again)."""
+    if connection.vendor != "postgresql":
+        return InboundMessage.objects.create(peer=peer[:64], raw=raw)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        return InboundMessage.objects.create(peer=peer[:64], raw=raw)
 
 
 def _process(entry: InboundMessage, raw: bytes, peer: str) -> bytes:
@@ -130,6 +148,7 @@ def _process(entry: InboundMessage, raw: bytes, peer: str) -> bytes:
     except DatabaseError as exc:
         # Locked or unreachable database: a receiver-side problem; the sender may resend unchanged.
         log.warning("database error on message from %s: %s", peer, exc)
+        connection.close()
         code, error = "AR", HL7Error(ERR_INTERNAL, f"database unavailable ({exc.__class__.__name__}); resend later")
     except Exception as exc:
         log.exception("HL7 message from %s failed", peer)
@@ -303,8 +322,11 @@ def dispatch(message: er7.Message, header: Header, peer: str) -> list[OrderReply
 
 def register(actor: workflow.Actor, record: PatientRecord, pid: er7.Segment | None) -> Patient:
     """Create or update the patient: fields the message left empty keep their stored value."""
-    current = Patient.objects.filter(patient_id=record.patient_id, issuer=record.issuer).first()
     base = workflow.Demographics()
+    # Only a message that leaves some field empty needs the stored values ("keep").
+    current = None
+    if set(vars(base)) - set(record.demographics):
+        current = Patient.objects.filter(patient_id=record.patient_id, issuer=record.issuer).first()
     if current is not None:
         base = workflow.Demographics(**{k: getattr(current, k) for k in vars(base)})
     for name, value in record.demographics.items():

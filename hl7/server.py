@@ -21,8 +21,11 @@ Nothing a peer sends stops the listener or holds up other connections.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import os
+import signal
 import socket
 import socketserver
 import ssl
@@ -30,7 +33,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, connections
 
 from hl7.inbound import handle_frame, journal_unanswered
 from hl7.mllp import FrameReader, FrameTooLarge, frame
@@ -101,6 +104,9 @@ class MLLPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    # Several listener processes (RIS_MLLP_PROCESSES, or several `runmllp`) may share the port;
+    # the kernel spreads new connections over them.
+    allow_reuse_port = True
     request_queue_size = 512
 
     def __init__(self, address: tuple[str, int]) -> None:
@@ -134,8 +140,13 @@ def tls_context() -> ssl.SSLContext | None:
     return context
 
 
-def serve(stop: threading.Event | None = None) -> None:
-    """Run the listener until `stop` is set (or forever)."""
+def serve(stop: threading.Event | None = None, processes: int | None = None) -> None:
+    """Run the listener until `stop` is set (or forever), in `processes` processes
+    (RIS_MLLP_PROCESSES) that share the port."""
+    processes = processes or settings.RIS_MLLP_PROCESSES
+    if processes > 1:
+        serve_processes(stop or threading.Event(), processes)
+        return
     server = MLLPServer((settings.RIS_BIND, settings.RIS_MLLP_PORT))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True)
     thread.start()
@@ -146,3 +157,33 @@ def serve(stop: threading.Event | None = None) -> None:
         server.shutdown()
         server.server_close()
         log.info("MLLP listener stopped")
+
+
+def serve_processes(stop: threading.Event, processes: int) -> None:
+    """Pre-fork: each process runs its own listener on the shared port (SO_REUSEPORT). The
+    ORM work of a message holds the GIL, so threads share one core; processes use them all.
+    Each child inherits the command's SIGTERM/SIGINT handler, which sets its own copy of `stop`."""
+    connections.close_all()  # children open their own database connections
+    children = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                serve(stop, processes=1)
+            except BaseException:
+                log.exception("MLLP listener process failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    log.info("MLLP listener running in %d processes: %s", processes, children)
+    try:
+        stop.wait()
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)

@@ -282,6 +282,8 @@ RIS_MLLP_ALLOWED_PEERS = [p.strip() for p in env("RIS_MLLP_ALLOWED_PEERS").split
 # MLLP over TLS when both are set (PEM files).
 RIS_MLLP_TLS_CERT = env("RIS_MLLP_TLS_CERT")
 RIS_MLLP_TLS_KEY = env("RIS_MLLP_TLS_KEY")
+# Listener processes sharing RIS_MLLP_PORT (SO_REUSEPORT); more than 1 uses more cores.
+RIS_MLLP_PROCESSES = env_int("RIS_MLLP_PROCESSES", 1)
 
 # --- Reports and results out (issue 6) -------------------------------------------------
 

@@ -668,3 +668,35 @@ def test_mllp_over_tls_when_certificate_and_key_are_set(ris_env, tmp_path):
             while FS + CR not in data:
                 data += tls.recv(65536)
     assert msa(data[1:].decode())[1] == "AA"
+
+
+def test_several_listener_processes_share_the_port_and_answer_every_connection(ris_env, tmp_path):
+    ctx, address = _listener(ris_env, tmp_path, RIS_MLLP_PROCESSES="2")
+    with ctx:
+        peers = [Peer(address) for _ in range(6)]
+        try:
+            for i, peer in enumerate(peers):
+                ack = peer.send(orm(placer=f"MP{i}", msg_id=f"MP{i}", accession=f"MPA{i}").encode()).decode()
+                assert msa(ack)[1:3] == ["AA", f"MP{i}"]
+        finally:
+            for peer in peers:
+                peer.close()
+    assert RequestedProcedure.objects.count() == 6
+
+
+def test_random_frames_on_one_connection_each_get_an_answer(shared_mllp_listener):
+    import random
+
+    rng = random.Random(20261126)
+    base = orm().encode()
+    peer = Peer(shared_mllp_listener)
+    try:
+        for _ in range(100):
+            data = bytearray(base)
+            for _ in range(rng.randint(1, 5)):
+                at = rng.randrange(len(data))
+                data[at : at + rng.randint(0, 20)] = bytes(rng.choice(b'|^~\\&\r\n"AZ09\xc3\xff') for _ in range(3))
+            frame = bytes(data).replace(VT, b"").replace(FS, b"")
+            assert msa(peer.send(frame).decode("latin-1"))[1] in ("AA", "AE", "AR")
+    finally:
+        peer.close()
