@@ -103,6 +103,7 @@ def enqueue(ids: Iterable[int], countdown: float | None = None) -> None:
                 DELIVER_TASK,
                 args=[message_id],
                 countdown=countdown,
+                queue=app.conf.task_default_queue,
                 retry=True,
                 retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5},
             )
@@ -129,9 +130,10 @@ def earlier_undelivered(message: OutboundMessage):
     ).exclude(status=OutboxStatus.DELIVERED)
 
 
-def claim_lease() -> dt.timedelta:
-    """How long a claimed row is left alone: longer than any send may take."""
-    return dt.timedelta(seconds=2 * max(settings.RIS_OUTBOX_ACK_TIMEOUT, settings.RIS_FHIR_TIMEOUT) + 10)
+def claim_lease(destination: str) -> dt.timedelta:
+    """How long a claimed row is left alone: longer than its send may take (connect + answer)."""
+    timeout = settings.RIS_FHIR_TIMEOUT if CHANNELS.get(destination) == "fhir" else settings.RIS_OUTBOX_ACK_TIMEOUT
+    return dt.timedelta(seconds=2 * timeout + 2)
 
 
 def claim(message_id: int) -> OutboundMessage | None:
@@ -145,7 +147,7 @@ def claim(message_id: int) -> OutboundMessage | None:
     claimed = (
         OutboundMessage.objects.filter(pk=message_id, status=OutboxStatus.PENDING)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + DUE_TOLERANCE))
-        .update(next_attempt_at=now + claim_lease(), attempts=F("attempts") + 1)
+        .update(next_attempt_at=now + claim_lease(message.destination), attempts=F("attempts") + 1)
     )
     if not claimed:
         return None

@@ -308,6 +308,7 @@ RIS_FHIR_SYSTEM_BASE = env("RIS_FHIR_SYSTEM_BASE", "urn:ris:" + RIS_FACILITY.low
 RIS_DICOMWEB_BASE_URL = env("RIS_DICOMWEB_BASE_URL")
 RIS_FHIR_PROFILES = dict(p.strip().split("=", 1) for p in env("RIS_FHIR_PROFILES").split(",") if "=" in p)
 
+
 # --- Exam tracking: MPPS, arrivals, completeness, status to the HIS (issue 5) -------------
 # Instances an MPPS lists that are still missing this long after it completed put the exam on
 # the QA list ("images missing"); the sweep re-checks completed exams every SWEEP seconds.

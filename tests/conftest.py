@@ -211,3 +211,46 @@ def ui_users(db, settings) -> dict:
         user.groups.add(Group.objects.get(name=role))
         users[role] = user
     return users
+
+
+# --- Results out (issue 6) ------------------------------------------------------------
+
+
+def _reset_publisher(app) -> None:
+    from kombu import pools
+
+    pools.reset()  # kombu keeps producer pools per connection in a global registry
+    app._pool = None
+    if "amqp" in app.__dict__:
+        app.__dict__["amqp"]._producer_pool = None
+
+
+@contextmanager
+def publishing_to(env: dict[str, str]) -> Iterator:
+    """Point this test process's Celery app (ris.celery.app) at the broker and queue of `env`
+    for the duration of the block, so tasks queued in-process reach the worker subprocess."""
+    from django.conf import settings
+
+    from ris.celery import app
+
+    keys = ("broker_url", "task_default_queue", "broker_transport_options")
+    saved = {k: app.conf[k] for k in keys}
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS if env["CELERY_BROKER_URL"].startswith("sqla+sqlite") else {}
+    app.conf.update(
+        broker_url=env["CELERY_BROKER_URL"],
+        task_default_queue=env["RIS_CELERY_QUEUE"],
+        broker_transport_options=options,
+    )
+    _reset_publisher(app)
+    try:
+        yield app
+    finally:
+        app.conf.update(saved)
+        _reset_publisher(app)
+
+
+@pytest.fixture
+def task_publisher(ris_env):
+    """Tasks queued by this test process go to the broker and queue of `ris_env`."""
+    with publishing_to(ris_env) as app:
+        yield app

@@ -1,11 +1,18 @@
 """Helpers for the results-out tests (no tests here): exams brought to READY_FOR_READING through
-the workflow, as the MPPS and arrival tracking would, and radiologists to sign them."""
+the workflow, as the MPPS and arrival tracking would, radiologists to sign them, and two
+independent peers: a HIS on MLLP (plain sockets) and a FHIR server (http.server)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
+import socket
+import threading
+import time
 import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
@@ -89,3 +96,174 @@ def ready_exam(
 
 def patient_of(exam: RequestedProcedure) -> Patient:
     return exam.order.patient
+
+
+# --- Independent peers, written here with plain sockets / http.server -----------------------
+
+VT, FS_CR = b"\x0b", b"\x1c\x0d"
+
+
+def control_id_of(message: str) -> str:
+    msh = message.split("\r", 1)[0].split("|")
+    return msh[9] if len(msh) > 9 else ""
+
+
+def ack_for(message: str, code: str, text: str = "") -> bytes:
+    msh = message.split("\r", 1)[0].split("|")
+    header = f"MSH|^~\\&|HIS|HOSP|{msh[2]}|{msh[3]}|20260101000000||ACK^R01^ACK|A{time.time_ns()}|P|2.5.1"
+    msa = f"MSA|{code}|{control_id_of(message)}" + (f"|{text}" if text else "")
+    err = "\rERR||OBR^1^18|101^Required field missing^HL70357|E" if code == "AE" else ""
+    return (header + "\r" + msa + err + "\r").encode()
+
+
+class HISPeer:
+    """A HIS on MLLP: records every message it gets and answers as `answer(message, n)` says:
+    "AA"/"AE"/"AR" (an ACK), "garbage" (bytes that are no HL7) or "silence" (no answer).
+    `up()` / `down()` open and close its port (the port number stays the same)."""
+
+    def __init__(self, answer: Callable[[str, int], str] | str = "AA") -> None:
+        self.answer = answer if callable(answer) else (lambda _m, _n: answer)
+        self.received: list[str] = []
+        self.accepted: list[str] = []  # control ids answered AA, in order
+        self.lock = threading.Lock()
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.server: socket.socket | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def up(self) -> HISPeer:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        self.server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        if self.server is not None:
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the serving thread
+            self.server.close()
+            self.server = None
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = b""
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+                while VT in buffer and FS_CR in buffer:
+                    start = buffer.index(VT)
+                    end = buffer.index(FS_CR, start)
+                    message = buffer[start + 1 : end].decode("utf-8")
+                    buffer = buffer[end + 2 :]
+                    with self.lock:
+                        self.received.append(message)
+                        n = len(self.received)
+                    reply = self.answer(message, n)
+                    if reply == "silence":
+                        continue
+                    if reply == "garbage":
+                        conn.sendall(VT + b"this is not HL7" + FS_CR)
+                        continue
+                    if reply == "AA":
+                        with self.lock:
+                            self.accepted.append(control_id_of(message))
+                    conn.sendall(VT + ack_for(message, reply, "" if reply == "AA" else "refused by test HIS") + FS_CR)
+
+    def received_ids(self) -> list[str]:
+        with self.lock:
+            return [control_id_of(m) for m in self.received]
+
+
+class FHIRPeer:
+    """A FHIR server that takes transaction Bundles and performs their conditional updates:
+    one stored resource per (type, identifier) URL, so duplicates would show. `status(n)` says
+    which HTTP status the n-th POST gets (200 performs the transaction); "timeout" sleeps."""
+
+    def __init__(self, status: Callable[[int], int | str] | int = 200) -> None:
+        self.status = status if callable(status) else (lambda _n: status)
+        self.bundles: list[dict] = []
+        self.store: dict[str, dict] = {}
+        self.lock = threading.Lock()
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with peer.lock:
+                    peer.bundles.append(body)
+                    n = len(peer.bundles)
+                status = peer.status(n)
+                if status == "timeout":
+                    time.sleep(3)
+                    return
+                if status != 200:
+                    outcome = {
+                        "resourceType": "OperationOutcome",
+                        "issue": [
+                            {"severity": "error", "code": "invalid", "diagnostics": f"test server says {status}"}
+                        ],
+                    }
+                    self._send(status, outcome)
+                    return
+                responses = []
+                with peer.lock:
+                    for entry in body["entry"]:
+                        url = entry["request"]["url"]
+                        created = url not in peer.store
+                        peer.store[url] = entry["resource"]
+                        responses.append({"response": {"status": "201 Created" if created else "200 OK"}})
+                self._send(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": responses})
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fhir"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def stored(self, resource_type: str) -> list[dict]:
+        with self.lock:
+            return [r for url, r in self.store.items() if url.startswith(resource_type + "?")]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
