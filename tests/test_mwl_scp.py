@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -491,3 +492,45 @@ def test_step_cancelled_by_hl7_ca_disappears_at_once(dicom_scp, mllp_listener, c
     assert len(query(dicom_scp[1], tmp_path, "AccessionNumber=ACC77")) == 1
     assert "MSA|AA" in mllp_send(mllp_listener[1], orm("CA", "M2", "20250102090000", "CT1"))
     assert query(dicom_scp[1], tmp_path, "AccessionNumber=ACC77") == []
+
+
+# --- Transfer syntaxes and association limits --------------------------------------------------
+
+
+@pytest.mark.parametrize("proposal", ["-xb", "-xd", "-xi"])
+def test_answers_in_every_offered_transfer_syntax(dicom_scp, ct1, tmp_path, proposal):
+    exam(patient("P1", "Nguyễn", "Văn"), "TS1", at("20250102", "0900"))
+    responses, log = findscu(dicom_scp[1], tmp_path, ["PatientName", "AccessionNumber"], extra=(proposal,))
+    assert "Received Final Find Response (Success)" in log, log[-1500:]
+    (r,) = responses
+    assert (r.AccessionNumber, str(r.PatientName), r.SpecificCharacterSet) == ("TS1", "Nguyễn^Văn", "ISO_IR 192")
+
+
+def associate_when_free(ae: AE, port: int):
+    """Associate, retrying while the server starts or still counts a just-released association."""
+    for _ in range(150):
+        assoc = ae.associate("127.0.0.1", port, ae_title="RIS")
+        if assoc.is_established:
+            return assoc
+        time.sleep(0.1)
+    return assoc
+
+
+def test_associations_beyond_the_limit_are_rejected(ris_env, ct1, tmp_path):
+    ris_env["RIS_DICOM_MAX_ASSOCIATIONS"] = "1"
+    port = int(ris_env["RIS_DICOM_PORT"])
+    # No port probe: pynetdicom keeps a bare TCP connection's slot until the ACSE timeout.
+    with running(manage("rundicom"), ris_env, tmp_path / "dicom.log"):
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context(ModalityWorklistInformationFind)
+        first = associate_when_free(ae, port)
+        try:
+            assert first.is_established
+            second = ae.associate("127.0.0.1", port, ae_title="RIS")
+            assert second.is_rejected
+            assert second.acceptor.primitive.diagnostic == 0x02  # local limit exceeded
+        finally:
+            first.release()
+        third = associate_when_free(ae, port)
+        assert third.is_established
+        third.release()
