@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from ris import outbox, workflow
 from ris.models import OutboundMessage, OutboxStatus
 from tests.conftest import _reset_publisher, database_url_of_test_db, publishing_to, running, send_task
-from tests.test_reports_helpers import HISPeer, radiologist, ready_exam, wait_until
+from tests.test_reports_helpers import HISPeer, module_env, radiologist, ready_exam, wait_until, worker_argv
 
 pytestmark = pytest.mark.live
 
@@ -44,20 +43,7 @@ def outbox_env(his_peer, django_db_setup, django_db_blocker, tmp_path_factory) -
     with django_db_blocker.unblock():
         url = database_url_of_test_db()
     tmp = tmp_path_factory.mktemp("outbox")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RIS_")}
-    env.update(FAST_RETRY)
-    env.update(
-        {
-            "DATABASE_URL": url,
-            "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{tmp / 'broker.sqlite3'}",
-            "RIS_CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
-            "RIS_HIS_MLLP": his_peer.address,
-            "RIS_REPORT_OUTPUT": "oru",
-            "PYTHONUNBUFFERED": "1",
-            "TMP_DIR": str(tmp),
-        }
-    )
-    return env
+    return module_env(url, tmp, RIS_HIS_MLLP=his_peer.address, RIS_REPORT_OUTPUT="oru", TMP_DIR=str(tmp), **FAST_RETRY)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +51,6 @@ def outbox_worker(outbox_env) -> Iterator[None]:
     """One Celery worker subprocess for the module (each test still starts from an empty database)."""
     with running(worker_argv("outbox"), outbox_env, Path(outbox_env["TMP_DIR"]) / "worker.log"):
         yield
-
-
-def worker_argv(name: str, *extra: str) -> list[str]:
-    argv = [sys.executable, "-m", "celery", "-A", "ris", "worker", "--concurrency", "1", "--loglevel", "INFO"]
-    return [*argv, "--without-gossip", "--without-mingle", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", *extra]
 
 
 @pytest.fixture

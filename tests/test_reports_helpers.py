@@ -7,12 +7,15 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
@@ -267,3 +270,28 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: f
             return True
         time.sleep(interval)
     return condition()
+
+
+# --- A worker per test module ------------------------------------------------------------------
+
+
+def worker_argv(name: str, *extra: str) -> list[str]:
+    """A Celery worker subprocess command line (one process, named so its log is recognisable)."""
+    argv = [sys.executable, "-m", "celery", "-A", "ris", "worker", "--concurrency", "1", "--loglevel", "INFO"]
+    return [*argv, "--without-gossip", "--without-mingle", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", *extra]
+
+
+def module_env(database_url: str, tmp: Path, **variables: str) -> dict[str, str]:
+    """Environment for the subprocesses of one test module: the test database, a private queue
+    on this run's broker, and the given RIS_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RIS_")}
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{tmp / 'broker.sqlite3'}",
+            "RIS_CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+            "PYTHONUNBUFFERED": "1",
+            **variables,
+        }
+    )
+    return env
