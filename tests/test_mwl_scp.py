@@ -534,3 +534,85 @@ def test_associations_beyond_the_limit_are_rejected(ris_env, ct1, tmp_path):
         third = associate_when_free(ae, port)
         assert third.is_established
         third.release()
+
+
+# --- The remaining optional keys --------------------------------------------------------------
+
+
+def full_exam(pat, accession: str, tag: str):
+    """An exam whose every optional matching column carries `tag`."""
+    request = workflow.OrderRequest(
+        placer_order_number=f"PL{tag}",
+        filler_order_number=f"FI{tag}",
+        referring_physician=f"REF^{tag}",
+        ordering_physician=f"ORD^{tag}",
+        admission_id=f"ADM{tag}",
+        patient_location=f"WARD{tag}",
+        priority="STAT" if tag == "1" else "ROUTINE",
+        procedures=[
+            workflow.ProcedureRequest(
+                modality="CT",
+                accession_number=accession,
+                accession_issuer=f"ISS{tag}",
+                procedure_description=f"DESC{tag}",
+                steps=[
+                    workflow.StepRequest(
+                        modality="CT",
+                        start=at("20250102", "0900"),
+                        station_ae_title="CT1",
+                        station_name=f"ROOM{tag}",
+                        location=f"LOC{tag}",
+                        description=f"STEP{tag}",
+                    )
+                ],
+            )
+        ],
+    )
+    return workflow.place_order(SYSTEM, pat, request).requested_procedures.get()
+
+
+OPTIONAL_KEYS = [
+    "IssuerOfPatientID=HOSP1",
+    "AdmissionID=ADM1",
+    "CurrentPatientLocation=WARD1",
+    "RequestedProcedurePriority=STAT",
+    "PlacerOrderNumberImagingServiceRequest=PL1",
+    "FillerOrderNumberImagingServiceRequest=FI*",
+    "ReferringPhysicianName=ref^1",
+    "RequestingPhysician=ORD^1",
+    "RequestedProcedureDescription=DESC1",
+    "IssuerOfAccessionNumberSequence[0].LocalNamespaceEntityID=ISS1",
+    f"{SPS}.ScheduledStationName=ROOM1",
+    f"{SPS}.ScheduledProcedureStepLocation=LOC?",
+    f"{SPS}.ScheduledProcedureStepDescription=STEP1",
+]
+
+
+def test_every_optional_matching_key_selects_by_its_own_value(dicom_scp, ct1, tmp_path):
+    one = workflow.register_patient(SYSTEM, "P1", "HOSP1", workflow.Demographics(family_name="ONE"))
+    two = workflow.register_patient(SYSTEM, "P2", "HOSP2", workflow.Demographics(family_name="TWO"))
+    full_exam(one, "K1", "1")
+    full_exam(two, "K2", "2")
+    expected = {k: ["K1"] for k in OPTIONAL_KEYS}
+    expected["FillerOrderNumberImagingServiceRequest=FI*"] = ["K1", "K2"]
+    expected[f"{SPS}.ScheduledProcedureStepLocation=LOC?"] = ["K1", "K2"]
+    found = {k: accessions(query(dicom_scp[1], tmp_path, k)) for k in OPTIONAL_KEYS}
+    assert found == expected
+
+
+def test_sps_status_key_matches_only_within_the_visible_statuses(dicom_scp, ct1, tmp_path):
+    exam(patient("P1", "DOE"), "S1", at("20250102", "0900"))
+    assert accessions(query(dicom_scp[1], tmp_path, f"{SPS}.ScheduledProcedureStepStatus=SCHEDULED")) == ["S1"]
+    assert query(dicom_scp[1], tmp_path, f"{SPS}.ScheduledProcedureStepStatus=ARRIVED") == []
+
+
+def test_exact_person_name_mode_is_case_and_accent_sensitive(ris_env, ct1, tmp_path):
+    exam(patient("P1", "Müller", "Jürgen"), "E1", at("20250102", "0900"))
+    exam(patient("P2", "MULLER", "JURGEN"), "E2", at("20250102", "0900"))
+    ris_env["RIS_MWL_PN_MATCHING"] = "exact"
+    port = int(ris_env["RIS_DICOM_PORT"])
+    with running(manage("rundicom"), ris_env, tmp_path / "dicom.log", port):
+        identifier = mwl_identifier(SpecificCharacterSet="ISO_IR 192", PatientName="Müller*")
+        _, identifiers = pynetdicom_find(port, identifier)
+        assert [i.AccessionNumber for i in identifiers if i is not None] == ["E1"]
+        assert accessions(query(port, tmp_path, "PatientName=MULLER*")) == ["E2"]
