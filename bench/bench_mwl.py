@@ -8,7 +8,7 @@ as N `.wl` files (pydicom; the same content dump2dcm would write) for wlmscpfs. 
 run on loopback with TCP_NODELAY=1 and are queried by the same DCMTK `findscu -W` process
 kind (its ~35 ms start-up is in every figure, both sides):
 
-- narrow: one patient (PatientID);
+- narrow: one patient (PatientID of the middle entry);
 - typical: a console's own day (Scheduled Station AE CT01 + one SPS start date);
 - broad: everything on one day (one SPS start date; 1,000 items from N = 10k).
 
@@ -48,7 +48,7 @@ RETURN_KEYS = [
 ]
 QUERIES = {
     "narrow": [
-        "PatientID=PID0000500",
+        "PatientID=PID{middle:07d}",
         f"{SPS}.Modality",
         f"{SPS}.ScheduledStationAETitle",
         f"{SPS}.ScheduledProcedureStepStartDate",
@@ -103,8 +103,6 @@ def generate(n: int, wl_dir: Path) -> None:
     sys.path.insert(0, str(ROOT))
     django.setup()
     from django.db import transaction
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
 
     from ris.models import ImagingOrder, Patient, RequestedProcedure, ScheduledStep, fold_for_search
     from worklist.datasets import build_mwl_dataset
@@ -165,11 +163,14 @@ def generate(n: int, wl_dir: Path) -> None:
                 step.mwl_dataset = build_mwl_dataset(step)
             ScheduledStep.objects.bulk_create(steps)
         for i, r in enumerate(rows, start=first):
-            write_wl(folder / f"wl{i:07d}.wl", r, Dataset, FileMetaDataset, ExplicitVRLittleEndian)
+            write_wl(folder / f"wl{i:07d}.wl", r)
 
 
-def write_wl(path: Path, r: dict, Dataset, FileMetaDataset, ExplicitVRLittleEndian) -> None:  # noqa: N803
+def write_wl(path: Path, r: dict) -> None:
     """The same entry as a worklist file (peers.md §1 layout)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.AccessionNumber = r["accession"]
@@ -227,29 +228,51 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def findscu(port: int, called: str, kind: str, quiet: bool = True) -> subprocess.CompletedProcess:
+def query_keys(kind: str, n: int) -> list[str]:
+    return [k.format(middle=n // 2) for k in QUERIES[kind]] + RETURN_KEYS
+
+
+def findscu(port: int, called: str, keys: list[str], quiet: bool = True) -> subprocess.CompletedProcess:
     argv = ["findscu", "-W", "-aet", "CT01", "-aec", called, "127.0.0.1", str(port)]
-    for key in QUERIES[kind] + RETURN_KEYS:
+    for key in keys:
         argv += ["-k", key]
     argv.append("-q" if quiet else "-v")
     return subprocess.run(argv, capture_output=True, timeout=600, env={**os.environ, "TCP_NODELAY": "1"})
 
 
-def count_matches(port: int, called: str, kind: str) -> int:
-    log = findscu(port, called, kind, quiet=False)
+def count_matches(port: int, called: str, keys: list[str]) -> int:
+    log = findscu(port, called, keys, quiet=False)
     return (log.stdout + log.stderr).decode("latin-1").count("(Pending)")
 
 
-def median_seconds(port: int, called: str, kind: str, runs: int) -> float:
-    findscu(port, called, kind)  # warm-up
-    times = []
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a server process and its reaped children (wlmscpfs forks one per association)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(port: int, called: str, keys: list[str]) -> float:
+    started = time.perf_counter()
+    result = findscu(port, called, keys)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"findscu failed against {called}: {result.stderr[-500:]!r}")
+    return elapsed
+
+
+def compare(servers: dict[str, tuple[int, str, int]], keys: list[str], runs: int) -> dict[str, tuple[float, float]]:
+    """Median wall time and mean server CPU per query, runs interleaved so that both servers
+    meet the same background load."""
+    for port, called, _ in servers.values():
+        timed(port, called, keys)  # warm-up
+    walls: dict[str, list[float]] = {name: [] for name in servers}
+    cpu: dict[str, float] = dict.fromkeys(servers, 0.0)
     for _ in range(runs):
-        started = time.perf_counter()
-        result = findscu(port, called, kind)
-        times.append(time.perf_counter() - started)
-        if result.returncode != 0:
-            raise RuntimeError(f"findscu failed against {called}: {result.stderr[-500:]!r}")
-    return statistics.median(times)
+        for name, (port, called, pid) in servers.items():
+            before = cpu_seconds(pid)
+            walls[name].append(timed(port, called, keys))
+            cpu[name] += cpu_seconds(pid) - before
+    return {name: (statistics.median(walls[name]), cpu[name] / runs) for name in servers}
 
 
 def measure(n: int, runs: int, work: Path) -> list[dict]:
@@ -287,12 +310,15 @@ def measure(n: int, runs: int, work: Path) -> list[dict]:
     try:
         wait_port(ours_port, ours)
         wait_port(peer_port, peer)
+        servers = {"ours": (ours_port, "RIS", ours.pid), "peer": (peer_port, "WLAE", peer.pid)}
         for kind in QUERIES:
             row = {"n": n, "query": kind}
-            row["matches_ours"] = count_matches(ours_port, "RIS", kind)
-            row["matches_peer"] = count_matches(peer_port, "WLAE", kind)
-            row["ours"] = median_seconds(ours_port, "RIS", kind, runs)
-            row["peer"] = median_seconds(peer_port, "WLAE", kind, runs)
+            keys = query_keys(kind, n)
+            row["matches_ours"] = count_matches(ours_port, "RIS", keys)
+            row["matches_peer"] = count_matches(peer_port, "WLAE", keys)
+            figures = compare(servers, keys, runs)
+            row["ours"], row["ours_cpu"] = figures["ours"]
+            row["peer"], row["peer_cpu"] = figures["peer"]
             rows.append(row)
             print(f"   N={n} {kind}: {row}", flush=True)
     finally:
@@ -343,9 +369,8 @@ def svg_plot(rows: list[dict], path: Path) -> None:
             parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
             label = f"{kind}, {'RIS' if server == 'ours' else 'wlmscpfs'}"
             lx = w - right + 10
-            parts.append(
-                f'<line x1="{lx}" x2="{lx + 20}" y1="{legend_y}" y2="{legend_y}" stroke="{colour}" stroke-width="2"{dash}/>'
-            )
+            swatch = f'x1="{lx}" x2="{lx + 20}" y1="{legend_y}" y2="{legend_y}"'
+            parts.append(f'<line {swatch} stroke="{colour}" stroke-width="2"{dash}/>')
             parts.append(f'<text x="{lx + 25}" y="{legend_y + 4}">{label}</text>')
             legend_y += 16
     parts.append(f'<text x="{left}" y="{top - 6}">MWL C-FIND median latency (findscu -W, loopback)</text>')
@@ -359,13 +384,15 @@ def markdown(rows: list[dict], runs: dict[int, int], quick: bool) -> str:
         "## Modality Worklist C-FIND (RAD-5): RIS vs DCMTK wlmscpfs",
         "",
         "Median wall time of one `findscu -W` run (association, C-FIND, all responses, release; "
-        "DCMTK start-up included on both sides), same N steps in both servers, TCP_NODELAY=1 everywhere. "
+        "DCMTK start-up included on both sides; runs of the two servers interleaved), and the server "
+        "process's CPU time per query (wlmscpfs: its forked children), same N steps in both servers, "
+        "TCP_NODELAY=1 everywhere. "
         "RIS on SQLite (the embedded default). narrow = one PatientID; typical = Scheduled Station AE "
         f"CT01 + SPS start date {QUERY_DAY}; broad = every step on that date."
         + (" Quick mode: small N only." if quick else ""),
         "",
-        "| N | query | matches | RIS (s) | wlmscpfs (s) | ratio RIS/wlmscpfs | runs |",
-        "|---|---|---|---|---|---|---|",
+        "| N | query | matches | RIS (s) | wlmscpfs (s) | ratio RIS/wlmscpfs | server CPU RIS / wlmscpfs (ms) | runs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         matches = (
@@ -375,7 +402,8 @@ def markdown(rows: list[dict], runs: dict[int, int], quick: bool) -> str:
         )
         lines.append(
             f"| {r['n']:,} | {r['query']} | {matches} | {r['ours']:.3f} | {r['peer']:.3f} | "
-            f"**{r['ours'] / r['peer']:.2f}** | {runs[r['n']]} |"
+            f"**{r['ours'] / r['peer']:.2f}** | {r['ours_cpu'] * 1000:.0f} / {r['peer_cpu'] * 1000:.0f} | "
+            f"{runs[r['n']]} |"
         )
     lines += ["", "![MWL latency vs N](benchmarks/mwl_latency.svg)", ""]
     return "\n".join(lines)

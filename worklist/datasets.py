@@ -307,22 +307,22 @@ def _element_bytes(tag: int, vr: str, value: bytes, implicit_vr: bool, undefined
     return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length) + value
 
 
-class PreparedResponse(Dataset):
+class PreparedResponse:
     """A pending C-FIND response identifier, encoded straight from the prepared answer when
-    pynetdicom sends it (worklist.mwl routes pynetdicom's encoder here). It stays an empty
-    Dataset until `dataset()` builds the pydicom form (big endian or deflated transfer syntaxes)."""
+    pynetdicom sends it (worklist.mwl routes pynetdicom's identifier encoder here, the only
+    place pynetdicom touches a pending identifier). `dataset()` gives the pydicom form, for
+    big endian or deflated transfer syntaxes."""
+
+    __slots__ = ("builder", "stored")
 
     def __init__(self, builder: ResponseBuilder, stored: dict) -> None:
-        super().__init__()
-        object.__setattr__(self, "_mwl_source", (builder, stored))
+        self.builder, self.stored = builder, stored
 
     def encode_identifier(self, implicit_vr: bool) -> bytes:
-        builder, stored = object.__getattribute__(self, "_mwl_source")
-        return builder.encode(stored, implicit_vr)
+        return self.builder.encode(self.stored, implicit_vr)
 
     def dataset(self) -> Dataset:
-        builder, stored = object.__getattribute__(self, "_mwl_source")
-        return builder.build(stored)
+        return self.builder.build(self.stored)
 
 
 # --- DIMSE command sets ---------------------------------------------------------------
