@@ -362,6 +362,8 @@ def test_a08_in_latin1_updates_the_name_seen_by_the_worklist(shared_mllp_listene
     step = ScheduledStep.objects.select_related("requested_procedure__order__patient").get()
     patient = step.requested_procedure.order.patient
     assert patient.family_name == "Müller-Lüdenscheidt" and str(patient.birth_date) == "1970-01-02"
+    # The prepared worklist answer (issue 4) already carries the new name.
+    assert step.mwl_dataset["00100010"]["Value"][0]["Alphabetic"] == "Müller-Lüdenscheidt^Jürgen^Karl"
     assert AuditEvent.objects.filter(action="patient.updated", patient=patient).exists()
 
 
@@ -562,7 +564,7 @@ def test_ten_megabyte_frame_closes_that_connection_only(shared_mllp_listener):
 
 
 def test_many_connections_opened_and_dropped_do_not_stop_the_listener(shared_mllp_listener):
-    for _ in range(500):
+    for _ in range(5000):
         s = socket.create_connection(shared_mllp_listener, timeout=5)
         s.close()
     assert msa(send(shared_mllp_listener, orm()))[1] == "AA"
@@ -700,3 +702,61 @@ def test_random_frames_on_one_connection_each_get_an_answer(shared_mllp_listener
             assert msa(peer.send(frame).decode("latin-1"))[1] in ("AA", "AE", "AR")
     finally:
         peer.close()
+
+
+NO_OBR = "\r".join(orm().split("\r")[:3]) + "\r"
+LONG_ACCESSION = orm(accession="A" * 17)
+BAD_UID = orm().rstrip("\r") + "\rZDS|not-a-uid^^Application^DICOM\r"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (orm(modality=""), "OBR^1^24^101&"),
+        (NO_OBR, "ORC^1^1^101&"),
+        (MSH_ORM.format(id="X") + "\rPID|||P1\r", "101&"),
+        (LONG_ACCESSION, "OBR^1^18^102&"),
+        (BAD_UID, "ZDS^1^1^102&"),
+        (orm(pid="PID|||P1^^^HOSP||DOE^JANE||19800101|Q"), "PID^1^8^103&"),
+    ],
+    ids=["no-modality", "nw-without-obr", "no-orc", "accession-too-long", "bad-study-uid", "bad-sex"],
+)
+def test_content_errors_are_AE_naming_the_field_and_change_nothing(shared_mllp_listener, message, expected):
+    ack = send(shared_mllp_listener, message)
+    assert msa(ack)[1] == "AE"
+    assert segment(ack, "ERR")[1].startswith(expected) or expected in ack
+    assert not ImagingOrder.objects.exists()
+
+
+def test_change_of_an_unknown_exam_of_a_known_order_is_AE_unknown_key_at_obr18(shared_mllp_listener):
+    send(shared_mllp_listener, orm())
+    ack = send(shared_mllp_listener, orm(control="XO", msg_id="M2", accession="OTHER"))
+    assert msa(ack)[1] == "AE"
+    assert segment(ack, "ERR")[1].startswith("OBR^1^18^204&")
+
+
+def test_new_order_reusing_an_accession_number_is_AE_duplicate(shared_mllp_listener):
+    send(shared_mllp_listener, orm())
+    ack = send(shared_mllp_listener, orm(placer="PL2", msg_id="M2"))
+    assert msa(ack)[1] == "AE"
+    assert segment(ack, "ERR")[1].startswith("OBR^1^18^205&")
+    assert ImagingOrder.objects.count() == 1
+
+
+def test_merge_without_mrg1_is_AE_required_field(shared_mllp_listener):
+    ack = send(shared_mllp_listener, MSH_ADT.format(event="A40", id="G1") + "\rPID|1||VN1\rMRG|\r")
+    assert msa(ack)[1] == "AE"
+    assert "MRG^1^1" in segment(ack, "ERR")[2]
+
+
+def test_message_for_a_merged_away_patient_id_is_AE_at_pid3(shared_mllp_listener):
+    send(shared_mllp_listener, MSH_ADT.format(event="A04", id="R1") + "\rPID|1||OLD1^^^BVCR||A^B\r")
+    send(shared_mllp_listener, MSH_ADT.format(event="A40", id="R2") + "\rPID|1||NEW1^^^BVCR||A^B\rMRG|OLD1^^^BVCR\r")
+    ack = send(shared_mllp_listener, MSH_ADT.format(event="A08", id="R3") + "\rPID|1||OLD1^^^BVCR||C^D\r")
+    assert msa(ack)[1] == "AE"
+    assert segment(ack, "ERR")[2].startswith("PID^1^3")
+
+
+def test_unusable_delimiters_are_AR(shared_mllp_listener):
+    ack = send(shared_mllp_listener, b"MSH|^^^^|HIS|HOSP|RIS|RAD|2026||ADT^A08|D1|P|2.5\rPID|||1\r")
+    assert msa(ack)[1] == "AR"
