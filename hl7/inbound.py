@@ -381,16 +381,21 @@ def _guarded(item: OrderItem, replies: list[OrderReply], action) -> OrderReply:
     )
 
 
+# Where a refused workflow field sits in the order message (ERR location).
+WORKFLOW_FIELDS = {
+    "placer_order_number": ("ORC", 2),
+    "accession_number": ("OBR", 18),
+    "study_instance_uid": ("OBR", 18),  # ZDS-1 / IPC-3; OBR-18 names the exam the sender knows
+}
+
+
 def _workflow_error(exc: workflow.WorkflowError, item: OrderItem) -> HL7Error:
+    """A workflow refusal as ERR: table 0357 code by WorkflowError.code, located at the field it
+    names, else at ORC-1 of the group (the order control that could not be carried out)."""
     code = WORKFLOW_ERRORS.get(exc.code, ERR_INTERNAL)
-    fields = {"placer_order_number": 2, "accession_number": 18, "study_instance_uid": 0}
-    if exc.code == "duplicate" and exc.field in ("accession_number", "study_instance_uid"):
-        return HL7Error(code, exc.reason, "OBR", fields[exc.field] or 18)
-    if exc.code == "duplicate":
-        return HL7Error(code, exc.reason, "ORC", 2, item.orc_sequence)
-    if exc.code == "invalid" and not exc.field:
-        code = ERR_REQUIRED_FIELD_MISSING
-    return HL7Error(code, exc.reason, "ORC", 1, item.orc_sequence)
+    segment, field_no = WORKFLOW_FIELDS.get(exc.field, ("ORC", 1))
+    sequence = item.orc_sequence if segment == "ORC" else 1
+    return HL7Error(code, exc.reason, segment, field_no, sequence)
 
 
 def place(actor: workflow.Actor, patient: Patient, item: OrderItem, source: tuple[str, str]):
