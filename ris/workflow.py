@@ -1012,13 +1012,9 @@ class ArrivedInstance:
 
 
 @transaction.atomic
-def record_instances_arrived(
-    actor: Actor, exam: RequestedProcedure | None, source: str, instances: Sequence[ArrivedInstance]
-) -> Study:
-    """Record instances of ONE study. Idempotent by SOP Instance UID: a repeat updates where the
-    instance is (file, availability) and nothing else. `exam` is the match found by the caller;
-    an already matched study keeps its exam."""
-    first = instances[0]
+def record_study_arrival(actor: Actor, exam: RequestedProcedure | None, first: ArrivedInstance) -> Study:
+    """The study an arrival belongs to, created on its first instance. `exam` is the match the
+    caller found; an already matched study keeps its exam, an unmatched one takes it now."""
     now = timezone.now()
     study, created = Study.objects.get_or_create(
         study_instance_uid=first.study_instance_uid,
@@ -1032,40 +1028,66 @@ def record_instances_arrived(
     )
     if created:
         audit(actor, "study.arrived" if exam else "study.unmatched", exam=exam, study=study.study_instance_uid)
-    else:
-        update = {"last_arrival_at": now}
-        if study.requested_procedure_id is None and exam is not None:
-            update["requested_procedure"] = exam
-            audit(actor, "study.matched", exam=exam, study=study.study_instance_uid)
-        Study.objects.filter(pk=study.pk).update(**update)
-    series_ids: dict[str, int] = {}
-    for item in instances:
-        if item.series_instance_uid not in series_ids:
-            series, _ = Series.objects.get_or_create(
-                series_instance_uid=item.series_instance_uid,
-                defaults={"study": study, "modality": item.modality[:16], "series_number": item.series_number},
+        return study
+    study.last_arrival_at = now
+    fields = ["last_arrival_at"]
+    if study.requested_procedure_id is None and exam is not None:
+        study.requested_procedure = exam
+        fields.append("requested_procedure")
+        audit(actor, "study.matched", exam=exam, study=study.study_instance_uid)
+    study.save(update_fields=fields)
+    return study
+
+
+def touch_studies(study_ids: Iterable[int]) -> None:
+    """Something arrived for these studies just now: the quiet period starts again."""
+    Study.objects.filter(pk__in=list(study_ids)).update(last_arrival_at=timezone.now())
+
+
+def record_series_arrival(study_id: int, item: ArrivedInstance) -> int:
+    series, _ = Series.objects.get_or_create(
+        series_instance_uid=item.series_instance_uid,
+        defaults={"study_id": study_id, "modality": item.modality[:16], "series_number": item.series_number},
+    )
+    return series.pk
+
+
+def record_instances(actor: Actor, source: str, series_id: int, items: Sequence[ArrivedInstance]) -> None:
+    """Insert the instances, or update where a repeat says they now are: one statement, idempotent
+    by SOP Instance UID (a C-STORE repeat moves the file, an IAN repeat changes availability)."""
+    refreshed = ["availability", "file_path"] if source == "STORE" else ["availability", "retrieve_ae_title"]
+    Instance.objects.bulk_create(
+        [
+            Instance(
+                sop_instance_uid=item.sop_instance_uid,
+                series_id=series_id,
+                sop_class_uid=item.sop_class_uid,
+                instance_number=item.instance_number,
+                source=source,
+                source_ae_title=actor.name[:16],
+                availability=item.availability,
+                retrieve_ae_title=item.retrieve_ae_title[:16],
+                file_path=item.file_path,
             )
-            series_ids[item.series_instance_uid] = series.pk
-        instance, made = Instance.objects.get_or_create(
-            sop_instance_uid=item.sop_instance_uid,
-            defaults={
-                "series_id": series_ids[item.series_instance_uid],
-                "sop_class_uid": item.sop_class_uid,
-                "instance_number": item.instance_number,
-                "source": source,
-                "source_ae_title": actor.name[:16],
-                "availability": item.availability,
-                "retrieve_ae_title": item.retrieve_ae_title[:16],
-                "file_path": item.file_path,
-            },
-        )
-        if not made:
-            update = {"availability": item.availability}
-            if item.file_path:
-                update["file_path"] = item.file_path
-            if item.retrieve_ae_title:
-                update["retrieve_ae_title"] = item.retrieve_ae_title[:16]
-            Instance.objects.filter(pk=instance.pk).update(**update)
+            for item in items
+        ],
+        update_conflicts=True,
+        unique_fields=["sop_instance_uid"],
+        update_fields=refreshed,
+    )
+
+
+@transaction.atomic
+def record_instances_arrived(
+    actor: Actor, exam: RequestedProcedure | None, source: str, instances: Sequence[ArrivedInstance]
+) -> Study:
+    """Record instances of ONE study in one transaction (an IAN, a batch). Idempotent by UID."""
+    study = record_study_arrival(actor, exam, instances[0])
+    by_series: dict[str, list[ArrivedInstance]] = {}
+    for item in instances:
+        by_series.setdefault(item.series_instance_uid, []).append(item)
+    for items in by_series.values():
+        record_instances(actor, source, record_series_arrival(study.pk, items[0]), items)
     return study
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -105,3 +106,44 @@ def record_arrivals(
         workflow.record_instances_arrived(actor, exam, source, items)
         matched[study_uid] = exam.pk if exam is not None else None
     return matched
+
+
+# While an association delivers instances, the study's last arrival is refreshed at most this
+# often (and once more when it ends), instead of one write per instance.
+TOUCH_INTERVAL_SECONDS = 0.5
+
+
+class ArrivalSession:
+    """The arrivals of one association (C-STORE): the study and series rows are found or made
+    once, then each instance is a single upsert. `close()` refreshes the studies' last arrival
+    and returns the exams touched, for the completeness check."""
+
+    def __init__(self, actor: workflow.Actor, source: str) -> None:
+        self.actor, self.source = actor, source
+        self.studies: dict[str, tuple[int, int | None]] = {}  # Study UID -> (study id, exam id)
+        self.series: dict[str, int] = {}
+        self.touched: dict[int, float] = {}  # study id -> monotonic time of the last refresh
+
+    def record(self, item: workflow.ArrivedInstance) -> tuple[int | None, bool]:
+        """Record one instance; returns (its exam id or None, whether this study is new here)."""
+        known = self.studies.get(item.study_instance_uid)
+        new = known is None
+        if known is None:
+            study = workflow.record_study_arrival(
+                self.actor, match_exam(item.study_instance_uid, item.accession_number), item
+            )
+            known = self.studies[item.study_instance_uid] = (study.pk, study.requested_procedure_id)
+            self.touched[study.pk] = time.monotonic()
+        elif time.monotonic() - self.touched[known[0]] > TOUCH_INTERVAL_SECONDS:
+            workflow.touch_studies([known[0]])
+            self.touched[known[0]] = time.monotonic()
+        series_id = self.series.get(item.series_instance_uid)
+        if series_id is None:
+            series_id = self.series[item.series_instance_uid] = workflow.record_series_arrival(known[0], item)
+        workflow.record_instances(self.actor, self.source, series_id, [item])
+        return known[1], new
+
+    def close(self) -> set[int]:
+        if self.touched:
+            workflow.touch_studies(self.touched)
+        return {exam for _, exam in self.studies.values() if exam is not None}

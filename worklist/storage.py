@@ -67,9 +67,9 @@ TRANSFER_SYNTAXES = [
 # A UID is digits and dots (PS3.5 9.1): anything else must never reach a file name.
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
-# Per association (keyed by the Association object): exams already handed to the worker.
-_touched: dict[int, set[int]] = {}
-_touched_lock = threading.Lock()
+# The arrival session of each open association, keyed by id(Association).
+_sessions: dict[int, arrival.ArrivalSession] = {}
+_sessions_lock = threading.Lock()
 
 
 class StoreFailure(Exception):
@@ -118,28 +118,32 @@ def _store(event: evt.Event) -> int:
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         log.error("cannot store %s at %s: %s", sop_uid, path, exc)
         raise StoreFailure(STATUS_OUT_OF_RESOURCES, f"storage unavailable ({reason})") from exc
+    session = _session(event)
     try:
-        matched = arrival.record_arrivals(
-            calling_actor(event), ArrivalSource.STORE, [arrival.instance_from_dataset(ds, str(path))]
-        )
+        exam_id, new_study = session.record(arrival.instance_from_dataset(ds, str(path)))
     except Exception:
         if not existed:  # nothing half-done: no row, no file
             path.unlink(missing_ok=True)
         raise
-    _hand_to_worker(id(event.assoc), matched.values())
+    if new_study:
+        tasks.schedule_completeness_check([exam_id])
     return STATUS_SUCCESS
 
 
-def _hand_to_worker(association: int, exam_ids) -> None:
-    with _touched_lock:
-        seen = _touched.setdefault(association, set())
-        new = {e for e in exam_ids if e is not None and e not in seen}
-        seen |= new
-    tasks.schedule_completeness_check(new)
+def _session(event: evt.Event) -> arrival.ArrivalSession:
+    """This association's session; on its first instance the thread's database connection is
+    checked once (not per instance: with CONN_MAX_AGE 0 that would reconnect every time)."""
+    with _sessions_lock:
+        session = _sessions.get(id(event.assoc))
+    if session is None:
+        close_old_connections()
+        session = arrival.ArrivalSession(calling_actor(event), ArrivalSource.STORE)
+        with _sessions_lock:
+            _sessions[id(event.assoc)] = session
+    return session
 
 
 def handle_store(event: evt.Event) -> int | Dataset:
-    close_old_connections()
     try:
         return _store(event)
     except StoreFailure as failure:
@@ -158,11 +162,16 @@ def _status(status: int, comment: str) -> Dataset:
 
 
 def handle_association_end(event: evt.Event) -> None:
-    """Released or aborted: a last completeness check for every exam it touched (the first one
-    may have run before the last instance), and the database connection of this thread goes."""
-    with _touched_lock:
-        exam_ids = _touched.pop(id(event.assoc), set())
-    tasks.schedule_completeness_check(exam_ids)
+    """Released or aborted: the studies' last arrival is refreshed, every exam the association
+    touched gets a completeness check (the first may have run before the last instance), and
+    this thread's database connection is closed."""
+    with _sessions_lock:
+        session = _sessions.pop(id(event.assoc), None)
+    if session is not None:
+        try:
+            tasks.schedule_completeness_check(session.close())
+        except Exception:
+            log.exception("closing the arrival session failed; the sweep will check its exams")
     connection.close()
 
 

@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+"""C-STORE ingest with arrival tracking, side by side with DCMTK storescp (peers.md §6), and the
+scan-to-ready latency (MPPS COMPLETED + last instance -> READY_FOR_READING).
+
+Ingest: N small CT instances (64x64, 16-bit, explicit VR little endian, ≈12 KB, one study in
+10 series, as peers.md genct.py) sent by one DCMTK `storescu +sd` association to
+- our SCP (`manage.py rundicom` with a Celery worker: every instance written atomically under
+  RIS_STORAGE_DIR, recorded, matched to its exam, completeness checks queued), and
+- DCMTK `storescp -od DIR` (writes the files, nothing else),
+TCP_NODELAY=1 on every process. Each run stores fresh instances (a new study per run).
+
+Latency: K exams each go MPPS IN PROGRESS -> N-SET COMPLETED listing 5 instances -> storescu of
+those 5; measured from storescu's exit (last instance acknowledged) until the exam reads
+READY_FOR_READING, minus the quiet period (RIS_ARRIVAL_QUIET_SECONDS=1 here). On the embedded
+default (SQLite + SQLAlchemy broker) and, when they answer on 127.0.0.1, PostgreSQL + RabbitMQ.
+
+`run(quick)` returns the Markdown section. Usage alone: `.venv/bin/python bench/bench_store.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+QUIET_SECONDS = 1.0
+POSTGRES_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+# --- Data -----------------------------------------------------------------------------------
+
+
+def write_ct_study(folder: Path, n: int, study_uid: str, accession: str, series_count: int = 10) -> list[str]:
+    """N valid CT Image Storage files of one study (peers.md genct.py). Returns the SOP UIDs."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = cols = 64
+    pixels = bytes((x * 7 + y) % 256 for y in range(rows) for x in range(cols * 2))
+    series = [generate_uid() for _ in range(series_count)]
+    frame = generate_uid()
+    uids = []
+    for i in range(1, n + 1):
+        sop = generate_uid()
+        uids.append(sop)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+        ds.AccessionNumber, ds.Modality, ds.Manufacturer = accession, "CT", "BENCH"
+        ds.ReferringPhysicianName = "REF^DOCTOR"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "BENCH^PATIENT", "BENCH1", "19700101", "M"
+        ds.StudyInstanceUID = study_uid
+        s = (i - 1) % series_count
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = series[s], s + 1, (i - 1) // series_count + 1
+        ds.StudyID, ds.PatientPosition, ds.KVP = "1", "HFS", "120"
+        ds.ImagePositionPatient = [0, 0, float(ds.InstanceNumber)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame, ""
+        ds.SliceThickness, ds.PixelSpacing = "1", [1, 1]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", rows, cols
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
+        ds.PixelData = pixels
+        ds.save_as(folder / f"ct{i:05d}.dcm", enforce_file_format=True)
+    return uids
+
+
+# --- Child mode: Django work against the bench database (DATABASE_URL of the environment) ----
+
+
+def _django():
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ris.settings")
+    sys.path.insert(0, str(ROOT))
+    django.setup()
+
+
+def child_order(count: int) -> None:
+    """Place `count` scheduled exams on station BENCH; print [[study UID, accession, SPS ID], ...]."""
+    _django()
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from ris import workflow
+
+    his = workflow.Actor.for_hl7("HIS")
+    patient = workflow.register_patient(his, "BENCH1", "", workflow.Demographics(family_name="BENCH"))
+    start = timezone.now() + dt.timedelta(hours=1)
+    out = []
+    for _ in range(count):
+        request = workflow.OrderRequest(
+            procedures=[
+                workflow.ProcedureRequest(
+                    modality="CT", steps=[workflow.StepRequest(modality="CT", start=start, station_ae_title="BENCH")]
+                )
+            ]
+        )
+        exam = workflow.place_order(his, patient, request).requested_procedures.get()
+        out.append([exam.study_instance_uid, exam.accession_number, exam.scheduled_steps.get().sps_id])
+    print(json.dumps(out))
+
+
+def child_ready_times(study_uids: list[str], timeout: float) -> None:
+    """Wait until every exam is READY_FOR_READING; print {Study UID: epoch time of that transition}
+    from the audit trail (stamped by the worker inside the transaction that made it)."""
+    _django()
+    from ris.models import AuditEvent
+
+    deadline = time.time() + timeout
+    while True:
+        events = AuditEvent.objects.filter(
+            action="exam.ready_for_reading", requested_procedure__study_instance_uid__in=study_uids
+        ).values_list("requested_procedure__study_instance_uid", "at")
+        found = {uid: at.timestamp() for uid, at in events}
+        if len(found) == len(study_uids) or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    print(json.dumps(found))
+
+
+# --- Processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        if reachable(port):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def child(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run([PYTHON, __file__, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def storescu(port: int, called: str, folder: Path) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["storescu", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port), "+sd", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0 or "Failed" in result.stderr:
+        raise RuntimeError(f"storescu to {called} failed: {result.stderr[-500:]}")
+    return elapsed
+
+
+class Stack:
+    """Our DICOM SCP and one Celery worker on a fresh database and broker."""
+
+    def __init__(self, work: Path, database_url: str, broker_url: str) -> None:
+        self.port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RIS_")},
+            "DATABASE_URL": database_url,
+            "CELERY_BROKER_URL": broker_url,
+            "RIS_CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
+            "RIS_DICOM_PORT": str(self.port),
+            "RIS_DICOM_ALLOW_ANY_AE": "1",
+            "RIS_STORAGE_DIR": str(work / "ris-storage"),
+            "RIS_ARRIVAL_QUIET_SECONDS": str(int(QUIET_SECONDS)),
+            "RIS_LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": "ris.settings",
+            "TCP_NODELAY": "1",
+        }
+        self.work = work
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Stack:
+        subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True)
+        scp = start([PYTHON, "manage.py", "rundicom"], self.env, self.work / "rundicom.log")
+        worker_argv = [PYTHON, "-m", "celery", "-A", "ris", "worker", "--concurrency", "2", "--loglevel", "WARNING"]
+        worker = start([*worker_argv, "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h"], self.env, self.work / "w.log")
+        self.processes = [scp, worker]
+        wait_port(self.port, scp)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for process in self.processes:
+            stop(process)
+
+
+# --- Measurements ---------------------------------------------------------------------------
+
+
+def measure_ingest(work: Path, n: int, runs: int) -> dict:
+    database = work / "ingest.sqlite3"
+    broker = f"sqla+sqlite:///{work / 'ingest-broker.sqlite3'}"
+    with Stack(work, f"sqlite:///{database}", broker) as stack:
+        exams = json.loads(child(stack.env, "--order", str(runs)))
+        sets = []
+        for i, (study_uid, accession, _sps) in enumerate(exams):
+            write_ct_study(work / f"set{i}", n, study_uid, accession)
+            sets.append(work / f"set{i}")
+        peer_port, peer_out = free_port(), work / "storescp-out"
+        peer_out.mkdir()
+        peer = start(
+            ["storescp", "-aet", "STORESCP", "-od", str(peer_out), str(peer_port)],
+            {**os.environ, "TCP_NODELAY": "1"},
+            work / "storescp.log",
+        )
+        try:
+            wait_port(peer_port, peer)
+            ours = [storescu(stack.port, "RIS", folder) for folder in sets]
+            theirs = []
+            for folder in sets:
+                shutil.rmtree(peer_out)
+                peer_out.mkdir()
+                theirs.append(storescu(peer_port, "STORESCP", folder))
+        finally:
+            stop(peer)
+        stored = sum(1 for _ in (work / "ris-storage").rglob("*.dcm"))
+    return {"n": n, "runs": runs, "ours": statistics.median(ours), "peer": statistics.median(theirs), "stored": stored}
+
+
+def mpps_scu(port: int):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep
+
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RIS")
+    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return assoc, ModalityPerformedProcedureStep
+
+
+def mpps_datasets(study_uid: str, accession: str, sps_id: str, sop_uids: list[str], series_uid: str):
+    from pydicom.dataset import Dataset
+    from pydicom.uid import CTImageStorage
+
+    item = Dataset()
+    item.StudyInstanceUID, item.AccessionNumber, item.ScheduledProcedureStepID = study_uid, accession, sps_id
+    item.RequestedProcedureID, item.ReferencedStudySequence, item.ScheduledProtocolCodeSequence = "", [], []
+    create = Dataset()
+    create.ScheduledStepAttributesSequence = [item]
+    create.PatientName, create.PatientID = "BENCH^PATIENT", "BENCH1"
+    create.PerformedProcedureStepID, create.PerformedStationAETitle, create.Modality = "PPS", "BENCH", "CT"
+    create.PerformedProcedureStepStartDate, create.PerformedProcedureStepStartTime = "20260101", "120000"
+    create.PerformedProcedureStepStatus = "IN PROGRESS"
+    create.PerformedSeriesSequence = []
+    series = Dataset()
+    series.SeriesInstanceUID, series.ProtocolName = series_uid, "BENCH"
+    refs = []
+    for uid in sop_uids:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CTImageStorage, uid
+        refs.append(ref)
+    series.ReferencedImageSequence = refs
+    done = Dataset()
+    done.PerformedProcedureStepStatus = "COMPLETED"
+    done.PerformedProcedureStepEndDate, done.PerformedProcedureStepEndTime = "20260101", "121000"
+    done.PerformedSeriesSequence = [series]
+    return create, done
+
+
+def measure_latency(work: Path, label: str, database_url: str, broker_url: str, exams: int) -> dict:
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    with Stack(work, database_url, broker_url) as stack:
+        placed = json.loads(child(stack.env, "--order", str(exams)))
+        last_instance: dict[str, float] = {}
+        for i, (study_uid, accession, sps_id) in enumerate(placed):
+            folder = work / f"{label}-exam{i}"
+            sop_uids = write_ct_study(folder, 5, study_uid, accession, series_count=1)
+            series_uid = dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+            create, done = mpps_datasets(study_uid, accession, sps_id, sop_uids, series_uid)
+            assoc, sop_class = mpps_scu(stack.port)
+            mpps_uid = generate_uid()
+            assoc.send_n_create(create, sop_class, mpps_uid)
+            status, _ = assoc.send_n_set(done, sop_class, mpps_uid)
+            assoc.release()
+            assert status.Status == 0, f"N-SET 0x{status.Status:04X}"
+            storescu(stack.port, "RIS", folder)
+            last_instance[study_uid] = time.time()
+        ready = json.loads(child(stack.env, "--ready-times", "60", *last_instance))
+    samples = [ready[uid] - t - QUIET_SECONDS for uid, t in last_instance.items() if uid in ready]
+    samples.sort()
+    p95 = samples[max(0, round(0.95 * len(samples)) - 1)] if samples else float("nan")
+    return {"label": label, "exams": exams, "ready": len(samples), "p50": statistics.median(samples), "p95": p95}
+
+
+def postgres_database(work: Path) -> str | None:
+    """A fresh PostgreSQL database for the run, when a server answers on 127.0.0.1:5432."""
+    if not reachable(5432):
+        return None
+    import psycopg
+
+    name = f"bench_store_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgres://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_postgres(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- Report -------------------------------------------------------------------------------------
+
+
+def markdown(ingest: dict, latencies: list[dict], quick: bool) -> str:
+    n = ingest["n"]
+    ours_rate, peer_rate = n / ingest["ours"], n / ingest["peer"]
+    lines = [
+        "## C-STORE ingest with arrival tracking: RIS vs DCMTK storescp",
+        "",
+        f"One `storescu +sd` association of {n:,} small CT instances (≈12 KB, one study, 10 series), "
+        f"median of {ingest['runs']} runs, fresh instances each run, TCP_NODELAY=1 everywhere. The RIS "
+        "(SQLite + embedded broker, a Celery worker running) writes each file atomically, records and "
+        "matches it to its exam and queues the completeness check; storescp only writes files. "
+        "Orthanc is not installed on this machine, so the ≥ 0.8x Orthanc target is judged against "
+        "peers.md's measured Orthanc figure (≈ 390 instances/s on the same data)."
+        + (" Quick mode: small N." if quick else ""),
+        "",
+        "| receiver | seconds | instances/s |",
+        "|---|---|---|",
+        f"| RIS (rundicom + worker) | {ingest['ours']:.3f} | {ours_rate:,.0f} |",
+        f"| DCMTK storescp | {ingest['peer']:.3f} | {peer_rate:,.0f} |",
+        "",
+        f"Ratio RIS/storescp (instances/s): **{ours_rate / peer_rate:.2f}**; "
+        f"RIS against peers.md's Orthanc 390/s: **{ours_rate / 390:.2f}**. "
+        f"Files kept by the RIS after all runs: {ingest['stored']:,}.",
+        "",
+        "### Scan to READY_FOR_READING",
+        "",
+        "Per exam: MPPS IN PROGRESS, N-SET COMPLETED listing 5 instances, then `storescu` of those 5. "
+        f"Latency = the audited READY_FOR_READING transition - storescu's exit - quiet period ({QUIET_SECONDS:g} s). "
+        "Target p95 ≤ 2 s on RabbitMQ.",
+        "",
+        "| database + broker | exams | ready | p50 (s) | p95 (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in latencies:
+        lines.append(f"| {r['label']} | {r['exams']} | {r['ready']} | {r['p50']:.2f} | **{r['p95']:.2f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def run(quick: bool) -> str:
+    if shutil.which("storescu") is None or shutil.which("storescp") is None:
+        return "## C-STORE ingest\n\nSkipped: DCMTK (storescu, storescp) is not installed.\n"
+    n, runs, exams = (200, 2, 5) if quick else (1000, 3, 20)
+    latencies = []
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        work = Path(tmp)
+        (work / "ingest").mkdir()
+        ingest = measure_ingest(work / "ingest", n, runs)
+        print(f"   ingest: {ingest}", flush=True)
+        (work / "sqlite").mkdir()
+        latencies.append(
+            measure_latency(
+                work / "sqlite",
+                "SQLite + embedded broker",
+                f"sqlite:///{work / 'sqlite' / 'db.sqlite3'}",
+                f"sqla+sqlite:///{work / 'sqlite' / 'broker.sqlite3'}",
+                exams,
+            )
+        )
+        print(f"   latency: {latencies[-1]}", flush=True)
+        database = postgres_database(work) if reachable(5672) else None
+        if database:
+            (work / "pg").mkdir()
+            try:
+                latencies.append(measure_latency(work / "pg", "PostgreSQL + RabbitMQ", database, RABBITMQ_URL, exams))
+                print(f"   latency: {latencies[-1]}", flush=True)
+            finally:
+                drop_postgres(database)
+    return markdown(ingest, latencies, quick)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--order":
+        child_order(int(sys.argv[2]))
+    elif len(sys.argv) >= 2 and sys.argv[1] == "--ready-times":
+        child_ready_times(sys.argv[3:], float(sys.argv[2]))
+    else:
+        print(run(quick="--quick" in sys.argv))
