@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""MWL C-FIND latency vs worklist size: our SCP against DCMTK wlmscpfs on the same steps.
+"""MWL C-FIND latency vs worklist size: our SCP against DCMTK wlmscpfs and Orthanc on the same steps.
 
 For each N a generator writes N scheduled steps across 5 modalities and D days (D = max(10,
 N/1000), so one day holds at most 1,000 steps) twice: into a fresh SQLite database of the RIS
 (bulk rows with their prepared worklist answers, as the workflow signal would build them) and
-as N `.wl` files (pydicom; the same content dump2dcm would write) for wlmscpfs. Both servers
-run on loopback with TCP_NODELAY=1 and are queried by the same DCMTK `findscu -W` process
-kind (its ~35 ms start-up is in every figure, both sides):
+as N `.wl` files (pydicom; the same content dump2dcm would write) for wlmscpfs and, when the
+Debian package is installed, Orthanc's ModalityWorklists plugin. All servers run on loopback
+with TCP_NODELAY=1 and are queried by DCMTK `findscu -W` (its ~35 ms start-up is in every
+figure, for every server):
 
 - narrow: one patient (PatientID of the middle entry);
 - typical: a console's own day (Scheduled Station AE CT01 + one SPS start date);
@@ -20,6 +21,7 @@ Usage alone: `.venv/bin/python bench/bench_mwl.py [--quick]`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import shutil
@@ -36,6 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 MODALITIES = ["CT", "MR", "US", "CR", "DX"]
 QUERY_DAY = "20250102"
+ORTHANC_WORKLISTS_PLUGIN = "/usr/share/orthanc/plugins/libModalityWorklists.so"
+# The servers compared (name -> called AE title); Orthanc when its Debian package is installed.
+SERVERS = {"ris": "RIS", "wlmscpfs": "WLAE"}
+if shutil.which("Orthanc") and Path(ORTHANC_WORKLISTS_PLUGIN).exists():
+    SERVERS["orthanc"] = "ORTHANC"
+LABELS = {"ris": "RIS", "wlmscpfs": "wlmscpfs", "orthanc": "Orthanc"}
 SPS = "ScheduledProcedureStepSequence[0]"
 RETURN_KEYS = [
     "PatientName",
@@ -275,6 +283,37 @@ def compare(servers: dict[str, tuple[int, str, int]], keys: list[str], runs: int
     return {name: (statistics.median(walls[name]), cpu[name] / runs) for name in servers}
 
 
+def start_server(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def orthanc_config(work: Path, n: int, wl_dir: Path, dicom_port: int) -> Path:
+    """Orthanc with its ModalityWorklists plugin on the same .wl folder (peers.md §3)."""
+    config = {
+        "Name": "BENCH-ORTHANC",
+        "StorageDirectory": str(work / f"orthanc{n}"),
+        "IndexDirectory": str(work / f"orthanc{n}"),
+        "Plugins": [ORTHANC_WORKLISTS_PLUGIN],
+        "Worklists": {"Enable": True, "Database": str(wl_dir / "WLAE"), "FilterIssuerAet": False, "LimitAnswers": 0},
+        "HttpServerEnabled": True,
+        "HttpPort": free_port(),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": True,
+        "DicomAet": "ORTHANC",
+        "DicomPort": dicom_port,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowFindWorklist": True,
+        "DicomThreadsCount": 4,
+        "DicomAssociationCloseDelay": 0,
+    }
+    path = work / f"orthanc{n}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
 def measure(n: int, runs: int, work: Path) -> list[dict]:
     db = work / f"mwl{n}.sqlite3"
     wl_dir = work / f"wl{n}"
@@ -290,41 +329,39 @@ def measure(n: int, runs: int, work: Path) -> list[dict]:
     started = time.monotonic()
     subprocess.run([PYTHON, __file__, "--generate", str(n), str(wl_dir)], cwd=ROOT, env=env, check=True)
     print(f"   N={n}: generated in {time.monotonic() - started:.0f} s", flush=True)
-    ours_port, peer_port = free_port(), free_port()
-    ours = subprocess.Popen(
-        [PYTHON, "manage.py", "rundicom"],
-        cwd=ROOT,
-        env={**env, "RIS_DICOM_PORT": str(ours_port), "RIS_LOG_LEVEL": "WARNING"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    peer = subprocess.Popen(
-        ["wlmscpfs", "-dfp", str(wl_dir), str(peer_port)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    peer_env = {**os.environ, "TCP_NODELAY": "1"}
+    ports = {name: free_port() for name in SERVERS}
+    processes = {
+        "ris": start_server(
+            [PYTHON, "manage.py", "rundicom"],
+            {**env, "RIS_DICOM_PORT": str(ports["ris"]), "RIS_LOG_LEVEL": "WARNING"},
+            ROOT,
+        ),
+        "wlmscpfs": start_server(["wlmscpfs", "-dfp", str(wl_dir), str(ports["wlmscpfs"])], peer_env),
+    }
+    if "orthanc" in SERVERS:
+        (work / "orthanc-logs").mkdir(exist_ok=True)
+        config = orthanc_config(work, n, wl_dir, ports["orthanc"])
+        processes["orthanc"] = start_server(["Orthanc", f"--logdir={work / 'orthanc-logs'}", str(config)], peer_env)
     rows = []
     try:
-        wait_port(ours_port, ours)
-        wait_port(peer_port, peer)
-        servers = {"ours": (ours_port, "RIS", ours.pid), "peer": (peer_port, "WLAE", peer.pid)}
+        for name, process in processes.items():
+            wait_port(ports[name], process)
+        servers = {name: (ports[name], SERVERS[name], processes[name].pid) for name in processes}
         for kind in QUERIES:
-            row = {"n": n, "query": kind}
             keys = query_keys(kind, n)
-            row["matches_ours"] = count_matches(ours_port, "RIS", keys)
-            row["matches_peer"] = count_matches(peer_port, "WLAE", keys)
+            row = {"n": n, "query": kind, "runs": runs}
+            row["matches"] = {name: count_matches(port, called, keys) for name, (port, called, _) in servers.items()}
             figures = compare(servers, keys, runs)
-            row["ours"], row["ours_cpu"] = figures["ours"]
-            row["peer"], row["peer_cpu"] = figures["peer"]
+            row["wall"] = {name: f[0] for name, f in figures.items()}
+            row["cpu"] = {name: f[1] for name, f in figures.items()}
             rows.append(row)
             print(f"   N={n} {kind}: {row}", flush=True)
     finally:
-        stop(ours)
-        stop(peer)
+        for process in processes.values():
+            stop(process)
         shutil.rmtree(wl_dir, ignore_errors=True)
+        shutil.rmtree(work / f"orthanc{n}", ignore_errors=True)
         db.unlink(missing_ok=True)
     return rows
 
@@ -334,22 +371,24 @@ def measure(n: int, runs: int, work: Path) -> list[dict]:
 
 def svg_plot(rows: list[dict], path: Path) -> None:
     """Latency vs N on log-log axes, one line per server and query (no plotting dependency)."""
-    w, h, left, bottom, top, right = 640, 400, 60, 40, 20, 150
+    w, h, left, bottom, top, right = 700, 420, 60, 40, 24, 190
     ns = sorted({r["n"] for r in rows})
-    ys = [r[k] for r in rows for k in ("ours", "peer")]
+    ys = [v for r in rows for v in r["wall"].values()]
     x0, x1 = math.log10(min(ns)) - 0.1, math.log10(max(ns)) + 0.1
     y0, y1 = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
+    y1 = max(y1, y0 + 1)
 
     def px(n: float) -> float:
         return left + (math.log10(n) - x0) / (x1 - x0) * (w - left - right)
 
-    def py(s: float) -> float:
-        return h - bottom - (math.log10(s) - y0) / (y1 - y0) * (h - bottom - top)
+    def py(sec: float) -> float:
+        return h - bottom - (math.log10(sec) - y0) / (y1 - y0) * (h - bottom - top)
 
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{w}" height="{h}" fill="white"/>',
+        f'<text x="{left}" y="{top - 8}">MWL C-FIND median latency vs N (findscu -W, loopback, log scales)</text>',
     ]
-    parts.append(f'<rect width="{w}" height="{h}" fill="white"/>')
     for e in range(y0, y1 + 1):
         y = py(10**e)
         parts.append(f'<line x1="{left}" x2="{w - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
@@ -359,52 +398,51 @@ def svg_plot(rows: list[dict], path: Path) -> None:
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{h - bottom}" stroke="#eee"/>')
         parts.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">N={n:,}</text>')
     colours = {"narrow": "#1b9e77", "typical": "#d95f02", "broad": "#7570b3"}
+    dashes = {"ris": "", "wlmscpfs": ' stroke-dasharray="6,4"', "orthanc": ' stroke-dasharray="2,3"'}
     legend_y = top + 10
     for kind, colour in colours.items():
-        for server, dash in (("ours", ""), ("peer", ' stroke-dasharray="5,4"')):
-            points = sorted((r["n"], r[server]) for r in rows if r["query"] == kind)
+        for server, dash in dashes.items():
+            points = sorted((r["n"], r["wall"][server]) for r in rows if r["query"] == kind and server in r["wall"])
             if not points:
                 continue
-            coords = " ".join(f"{px(n):.1f},{py(s):.1f}" for n, s in points)
+            coords = " ".join(f"{px(n):.1f},{py(sec):.1f}" for n, sec in points)
             parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
-            label = f"{kind}, {'RIS' if server == 'ours' else 'wlmscpfs'}"
             lx = w - right + 10
-            swatch = f'x1="{lx}" x2="{lx + 20}" y1="{legend_y}" y2="{legend_y}"'
+            swatch = f'x1="{lx}" x2="{lx + 24}" y1="{legend_y}" y2="{legend_y}"'
             parts.append(f'<line {swatch} stroke="{colour}" stroke-width="2"{dash}/>')
-            parts.append(f'<text x="{lx + 25}" y="{legend_y + 4}">{label}</text>')
+            parts.append(f'<text x="{lx + 30}" y="{legend_y + 4}">{kind}, {LABELS[server]}</text>')
             legend_y += 16
-    parts.append(f'<text x="{left}" y="{top - 6}">MWL C-FIND median latency (findscu -W, loopback)</text>')
     parts.append("</svg>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
 
 
-def markdown(rows: list[dict], runs: dict[int, int], quick: bool) -> str:
+def markdown(rows: list[dict], quick: bool) -> str:
+    peers = [name for name in SERVERS if name != "ris"]
+    head = ["N", "query", "matches", "RIS (s)"] + [f"{LABELS[p]} (s)" for p in peers]
+    head += [f"RIS/{LABELS[p]}" for p in peers] + ["server CPU ms: " + " / ".join(LABELS[s] for s in SERVERS), "runs"]
     lines = [
-        "## Modality Worklist C-FIND (RAD-5): RIS vs DCMTK wlmscpfs",
+        "## Modality Worklist C-FIND (RAD-5): RIS vs DCMTK wlmscpfs" + (" and Orthanc" if "orthanc" in SERVERS else ""),
         "",
-        "Median wall time of one `findscu -W` run (association, C-FIND, all responses, release; "
-        "DCMTK start-up included on both sides; runs of the two servers interleaved), and the server "
-        "process's CPU time per query (wlmscpfs: its forked children), same N steps in both servers, "
-        "TCP_NODELAY=1 everywhere. "
-        "RIS on SQLite (the embedded default). narrow = one PatientID; typical = Scheduled Station AE "
-        f"CT01 + SPS start date {QUERY_DAY}; broad = every step on that date."
+        "Median wall time of one `findscu -W` run (association, C-FIND, all responses, release; DCMTK "
+        "start-up included for every server; runs of the servers interleaved so they meet the same "
+        "background load) and the server process's CPU time per query (wlmscpfs: its forked children). "
+        "Same N steps in every server (RIS: SQLite, the embedded default; peers: one .wl file per step), "
+        f"TCP_NODELAY=1 everywhere. narrow = one PatientID; typical = Scheduled Station AE CT01 + SPS "
+        f"start date {QUERY_DAY}; broad = every step on that date (at most 1,000)."
         + (" Quick mode: small N only." if quick else ""),
         "",
-        "| N | query | matches | RIS (s) | wlmscpfs (s) | ratio RIS/wlmscpfs | server CPU RIS / wlmscpfs (ms) | runs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
     for r in rows:
-        matches = (
-            str(r["matches_ours"])
-            if r["matches_ours"] == r["matches_peer"]
-            else (f"{r['matches_ours']} (peer {r['matches_peer']})")
-        )
-        lines.append(
-            f"| {r['n']:,} | {r['query']} | {matches} | {r['ours']:.3f} | {r['peer']:.3f} | "
-            f"**{r['ours'] / r['peer']:.2f}** | {r['ours_cpu'] * 1000:.0f} / {r['peer_cpu'] * 1000:.0f} | "
-            f"{runs[r['n']]} |"
-        )
+        counts = set(r["matches"].values())
+        matches = str(r["matches"]["ris"]) if len(counts) == 1 else json.dumps(r["matches"])
+        cells = [f"{r['n']:,}", r["query"], matches, f"{r['wall']['ris']:.3f}"]
+        cells += [f"{r['wall'][p]:.3f}" for p in peers]
+        cells += [f"**{r['wall']['ris'] / r['wall'][p]:.2f}**" for p in peers]
+        cells += [" / ".join(f"{r['cpu'][s] * 1000:.0f}" for s in SERVERS), str(r["runs"])]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![MWL latency vs N](benchmarks/mwl_latency.svg)", ""]
     return "\n".join(lines)
 
@@ -412,13 +450,13 @@ def markdown(rows: list[dict], runs: dict[int, int], quick: bool) -> str:
 def run(quick: bool) -> str:
     if shutil.which("wlmscpfs") is None or shutil.which("findscu") is None:
         return "## Modality Worklist C-FIND\n\nSkipped: DCMTK (wlmscpfs, findscu) is not installed.\n"
-    sizes = {200: 5, 1000: 5} if quick else {1000: 10, 10_000: 7, 100_000: 5}
+    sizes = {200: 5, 1000: 5} if quick else {1000: 10, 10_000: 7, 100_000: 3}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-mwl-") as tmp:
         for n, runs in sizes.items():
             rows += measure(n, runs, Path(tmp))
     svg_plot(rows, ROOT / "docs" / "benchmarks" / "mwl_latency.svg")
-    return markdown(rows, sizes, quick)
+    return markdown(rows, quick)
 
 
 if __name__ == "__main__":
