@@ -39,15 +39,10 @@ def radiologist(username: str = "rad01") -> workflow.Actor:
     return workflow.Actor.for_user(user_with_role(username, "radiologist", first_name="Eva", last_name="White"))
 
 
-def ready_exam(
-    *,
-    family_name: str = "NGUYỄN",
-    given_name: str = "Văn An",
-    images: int = 2,
-    accession: str = "",
+def scheduled_exam(
+    *, family_name: str = "NGUYỄN", given_name: str = "Văn An", accession: str = ""
 ) -> RequestedProcedure:
-    """An exam ordered, performed (MPPS in progress, completed), its images arrived, and marked
-    READY_FOR_READING, each step through ris.workflow."""
+    """A CT head exam ordered by the HIS and scheduled on CT1 (placed through ris.workflow)."""
     n = next(_numbers)
     patient = workflow.register_patient(
         workflow.SYSTEM,
@@ -72,7 +67,19 @@ def ready_exam(
         ],
     )
     order = workflow.place_order(workflow.SYSTEM, patient, request)
-    exam = order.requested_procedures.get()
+    return order.requested_procedures.get()
+
+
+def ready_exam(
+    *,
+    family_name: str = "NGUYỄN",
+    given_name: str = "Văn An",
+    images: int = 2,
+    accession: str = "",
+) -> RequestedProcedure:
+    """An exam ordered, performed (MPPS in progress, completed), its images arrived, and marked
+    READY_FOR_READING, each step through ris.workflow."""
+    exam = scheduled_exam(family_name=family_name, given_name=given_name, accession=accession)
     step = exam.scheduled_steps.get()
     ct = workflow.Actor.for_ae("CT1")
     performed = workflow.start_performed_step(ct, workflow.new_uid(), [step], modality="CT")
