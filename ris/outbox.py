@@ -268,14 +268,25 @@ def sweep() -> int:
     return len(heads)
 
 
-def retry_failed(messages: Iterable[OutboundMessage]) -> int:
+def retry_failed(messages: Iterable[OutboundMessage], actor=None) -> int:
     """An operator's retry of parked rows: back to PENDING with a fresh attempt count, queued
-    on commit. Delivered and pending rows are left as they are."""
+    on commit, and audited. Delivered and pending rows are left as they are."""
+    from ris.workflow import SYSTEM, audit
+
     ids = [m.pk for m in messages]
     with transaction.atomic():
         rows = list(OutboundMessage.objects.select_for_update().filter(pk__in=ids, status=OutboxStatus.FAILED))
         OutboundMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
             status=OutboxStatus.PENDING, attempts=0, next_attempt_at=None
         )
+        for row in rows:
+            audit(
+                actor or SYSTEM,
+                "outbox.retried",
+                exam=row.requested_procedure,
+                destination=row.destination,
+                message_control_id=row.message_control_id,
+                last_error=row.last_error,
+            )
         enqueue_on_commit(rows)
     return len(rows)
