@@ -1053,28 +1053,38 @@ def record_series_arrival(study_id: int, item: ArrivedInstance) -> int:
 
 
 def record_instances(actor: Actor, source: str, series_id: int, items: Sequence[ArrivedInstance]) -> None:
-    """Insert the instances, or update where a repeat says they now are: one statement, idempotent
-    by SOP Instance UID (a C-STORE repeat moves the file, an IAN repeat changes availability)."""
-    refreshed = ["availability", "file_path"] if source == "STORE" else ["availability", "retrieve_ae_title"]
-    Instance.objects.bulk_create(
-        [
-            Instance(
-                sop_instance_uid=item.sop_instance_uid,
-                series_id=series_id,
-                sop_class_uid=item.sop_class_uid,
-                instance_number=item.instance_number,
-                source=source,
-                source_ae_title=actor.name[:16],
-                availability=item.availability,
-                retrieve_ae_title=item.retrieve_ae_title[:16],
-                file_path=item.file_path,
-            )
-            for item in items
-        ],
-        update_conflicts=True,
-        unique_fields=["sop_instance_uid"],
-        update_fields=refreshed,
+    """Insert the instances, or update where a repeat says they now are: idempotent by SOP
+    Instance UID (a C-STORE repeat moves the file, an IAN repeat changes availability).
+
+    One INSERT ... ON CONFLICT statement per instance (SQLite and PostgreSQL alike) on the
+    storage hot path: the ORM's bulk upsert costs a transaction and about a millisecond more."""
+    refreshed = ("availability", "file_path") if source == "STORE" else ("availability", "retrieve_ae_title")
+    table = connection.ops.quote_name(Instance._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} (sop_instance_uid, series_id, sop_class_uid, instance_number, source,"
+        " source_ae_title, availability, retrieve_ae_title, file_path, received_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (sop_instance_uid) DO UPDATE SET "
+        + ", ".join(f"{column} = excluded.{column}" for column in refreshed)
     )
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    rows = [
+        (
+            item.sop_instance_uid,
+            series_id,
+            item.sop_class_uid[:64],
+            item.instance_number,
+            source,
+            actor.name[:16],
+            item.availability[:16],
+            item.retrieve_ae_title[:16],
+            item.file_path[:500],
+            now,
+        )
+        for item in items
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 @transaction.atomic

@@ -415,3 +415,14 @@ def test_no_status_messages_without_a_his_address(scu):
     scu.create(in_progress([step_item(exam)]), uid)
     scu.set(uid, final())
     assert not OutboundMessage.objects.filter(requested_procedure=exam, destination="orm").exists()
+
+
+def test_a_further_mpps_for_a_completed_step_reopens_the_exam(scu):
+    exam = order_exam()
+    first, second = generate_uid(), generate_uid()
+    scu.create(in_progress([step_item(exam)]), first)
+    scu.set(first, final())
+    assert scu.create(in_progress([step_item(exam)]), second).Status == 0x0000  # the append case
+    assert reload(exam).status == ExamStatus.IN_PROGRESS
+    assert scu.set(second, final()).Status == 0x0000
+    assert reload(exam).status == ExamStatus.COMPLETED
