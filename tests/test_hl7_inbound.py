@@ -760,3 +760,49 @@ def test_message_for_a_merged_away_patient_id_is_AE_at_pid3(shared_mllp_listener
 def test_unusable_delimiters_are_AR(shared_mllp_listener):
     ack = send(shared_mllp_listener, b"MSH|^^^^|HIS|HOSP|RIS|RAD|2026||ADT^A08|D1|P|2.5\rPID|||1\r")
     assert msa(ack)[1] == "AR"
+
+
+# --- an independent peer: python-hl7's mllp_send (own venv under var/, never in .venv) ----------
+
+PYTHON_HL7_VENV = Path(__file__).resolve().parent.parent / "var" / "python-hl7-venv"
+
+
+@pytest.fixture(scope="session")
+def mllp_send() -> str:
+    """python-hl7 0.4.5's `mllp_send`; its package name `hl7` would shadow ours, hence its own venv."""
+    import subprocess
+    import sys
+
+    tool = PYTHON_HL7_VENV / "bin" / "mllp_send"
+    if not tool.exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(PYTHON_HL7_VENV)], check=True, capture_output=True)
+            subprocess.run(
+                [str(PYTHON_HL7_VENV / "bin" / "pip"), "install", "-q", "hl7==0.4.5"],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            pytest.skip(f"python-hl7 could not be installed: {exc}")
+    return str(tool)
+
+
+def test_python_hl7_mllp_send_gets_an_aa_for_each_message_on_one_connection(shared_mllp_listener, mllp_send, tmp_path):
+    import subprocess
+
+    path = tmp_path / "messages.hl7"
+    path.write_bytes(
+        data_file("adt_a04_utf8_vietnamese.hl7").replace(b"\r", b"\n")
+        + data_file("omi_o23_v251_ipc.hl7").replace(b"\r", b"\n")
+    )
+    result = subprocess.run(
+        [mllp_send, "--loose", "-f", str(path), "-p", str(shared_mllp_listener[1]), "127.0.0.1"],
+        capture_output=True,
+        timeout=60,
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(b"MSA|AA|") == 2
+    assert RequestedProcedure.objects.filter(accession_number="ACC251A").exists()
+    assert Patient.objects.filter(patient_id="VN0002", family_name="Lê").exists()
