@@ -277,7 +277,7 @@ def test_radiologist_signs_a_report_and_sees_its_delivery_state(page, live_serve
     expect(version.locator("[data-delivery=oru] [data-status]")).to_have_attribute(
         "data-status", re.compile("PENDING|DELIVERED|FAILED")
     )
-    expect(page.locator("button[value=final]")).to_have_text("Sign addendum")
+    expect(page.locator("button[value=addendum]")).to_have_text("Sign addendum")
 
 
 def test_switching_to_vietnamese_translates_the_whole_ui(page, live_server):

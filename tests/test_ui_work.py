@@ -136,12 +136,12 @@ def test_signing_final_finalises_the_exam_and_shows_its_delivery(login, settings
     assert 'data-delivery="oru"' in html
 
 
-def test_preliminary_then_addendum_after_final(login):
+def test_preliminary_then_final_then_addendum_keeps_the_signed_text(login):
     exam = ready_for_reading(make_exam(start=local(today(), 8), station="CT1"))
     client = login("radiologist")
     editor(client, exam, "preliminary")
-    editor(client, exam, "final")
-    editor(client, exam, "final", impression="Bổ sung: nốt nhỏ thùy trên phổi phải.")
+    editor(client, exam, "final", findings="Phổi sáng.")
+    editor(client, exam, "addendum", findings="Nốt nhỏ thùy trên phổi phải.", impression="")
     exam.refresh_from_db()
     assert exam.status == "AMENDED"
     assert list(exam.reports.order_by("version").values_list("status", flat=True)) == [
@@ -149,6 +149,26 @@ def test_preliminary_then_addendum_after_final(login):
         "FINAL",
         "AMENDED",
     ]
+    latest = exam.reports.order_by("-version").first()
+    assert latest.findings.startswith("Phổi sáng.") and "Nốt nhỏ thùy trên phổi phải." in latest.findings
+
+
+def test_correction_after_final_replaces_the_text(login):
+    exam = ready_for_reading(make_exam(start=local(today(), 8), station="CT1"))
+    client = login("radiologist")
+    editor(client, exam, "final", findings="Sai bên.")
+    assert b"Sai b" in client.get(reverse("web:report_editor", args=[exam.accession_number]) + "?correct=1").content
+    editor(client, exam, "correction", findings="Đúng bên.")
+    assert exam.reports.order_by("-version").first().findings == "Đúng bên."
+
+
+def test_editor_after_final_offers_an_empty_addendum_beside_the_signed_report(login):
+    exam = ready_for_reading(make_exam(start=local(today(), 8), station="CT1"))
+    client = login("radiologist")
+    editor(client, exam, "final", findings="Phổi sáng.")
+    response = client.get(reverse("web:report_editor", args=[exam.accession_number]))
+    assert response.context["form"].initial == {}
+    assert b'data-testid="signed-report"' in response.content and b'value="addendum"' in response.content
 
 
 def test_signing_an_empty_report_is_a_form_error(login):
@@ -204,6 +224,24 @@ def test_accept_without_a_reason_changes_nothing(login):
     assert exam.status == "COMPLETED"
 
 
+def test_unscheduled_exam_is_kept_as_its_own_order(login):
+    performed = workflow.record_performed_step_started(
+        workflow.Actor.for_ae("CT1"),
+        workflow.new_uid(),
+        [],
+        patient=workflow.PerformedPatient("EMERG1", "", workflow.Demographics(family_name="Vô danh")),
+        attributes={},
+        modality="CT",
+    )
+    exam = performed.scheduled_steps.get().requested_procedure
+    client = login("scheduler")
+    assert [e.pk for e in client.get(reverse("web:qa")).context["unscheduled"]] == [exam.pk]
+    client.post(reverse("web:keep_exam", args=[exam.accession_number]))
+    exam.refresh_from_db()
+    assert not exam.needs_reconciliation
+    assert list(client.get(reverse("web:qa")).context["unscheduled"]) == []
+
+
 def test_rejected_hl7_messages_are_listed_with_their_reason(login):
     InboundMessage.objects.create(
         peer="10.0.0.1:5000", raw=b"MSH|...", outcome="AE", error="PID-3 missing", control_id="C1"
@@ -229,6 +267,24 @@ def test_interfaces_page_shows_health_journal_and_raw_message(login):
     assert response.context["health"]["database"] == "ok"
     assert [m.pk for m in response.context["page"]] == [message.pk]
     assert b"PID|||P1" in client.get(reverse("web:hl7_message", args=[message.pk])).content
+
+
+def test_admin_retries_a_failed_outbound_message(login):
+    exam = ready_for_reading(make_exam(start=local(today(), 8), station="CT1"))
+    message = OutboundMessage.objects.create(
+        destination="oru",
+        requested_procedure=exam,
+        message_control_id="R1-oru",
+        status="FAILED",
+        attempts=5,
+        last_error="AR",
+    )
+    client = login("admin")
+    assert b'value="%d"' % message.pk in client.get(reverse("web:interfaces")).content
+    client.post(reverse("web:outbox_retry"), {"message": [message.pk]})
+    message.refresh_from_db()
+    assert (message.status, message.attempts) == ("PENDING", 0)
+    assert exam.audit_events.filter(action="outbox.retried", actor="admin").exists()
 
 
 def test_statistics_report_turnaround_per_modality(login):

@@ -17,6 +17,7 @@ from hl7.models import InboundMessage
 from ris import health
 from ris.models import Instance, OutboundMessage, OutboxStatus, PerformedStep
 from web.access import ADMINISTER, requires
+from web.views.common import actor_of
 from worklist.models import Modality
 
 PAGE_SIZE = 50
@@ -114,6 +115,6 @@ def outbox_retry(request):
         messages.error(request, _("Retry is not available in this version."))
         return redirect("web:interfaces")
     rows = OutboundMessage.objects.filter(pk__in=request.POST.getlist("message"), status=OutboxStatus.FAILED)
-    count = retry(list(rows))
+    count = retry(list(rows), actor=actor_of(request))
     messages.success(request, _("%(n)d message(s) queued for delivery again.") % {"n": count})
     return redirect("web:interfaces")

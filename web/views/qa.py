@@ -32,9 +32,7 @@ def qa(request):
         request,
         "web/qa.html",
         {
-            "unscheduled": related.filter(
-                Q(needs_reconciliation=True) | Q(unscheduled=True, status=ExamStatus.IN_PROGRESS)
-            ).order_by("-created_at")[:100],
+            "unscheduled": related.filter(needs_reconciliation=True).order_by("-created_at")[:100],
             "missing_images": related.filter(status=ExamStatus.COMPLETED)
             .filter(Q(status_changed_at__lt=overdue) | ~Q(qa_problem=""))
             .order_by("status_changed_at")[:100],
@@ -59,4 +57,18 @@ def accept_exam(request, accession: str):
             messages.error(request, error.reason)
         else:
             messages.success(request, _("Exam %(accession)s is ready for reading.") % {"accession": accession})
+    return redirect(safe_next(request, "web:qa"))
+
+
+@require_POST
+@requires(RECONCILE)
+def keep_exam(request, accession: str):
+    """An unscheduled exam (MPPS without an order) is kept as its own order."""
+    exam = get_exam(accession)
+    try:
+        workflow.keep_unscheduled_exam(actor_of(request), exam)
+    except workflow.WorkflowError as error:
+        messages.error(request, error.reason)
+    else:
+        messages.success(request, _("Exam %(accession)s kept as its own order.") % {"accession": accession})
     return redirect(safe_next(request, "web:qa"))

@@ -9,7 +9,7 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 
 from ris import workflow
-from ris.models import ExamStatus, Priority, RequestedProcedure
+from ris.models import ExamStatus, Priority, ReportStatus, RequestedProcedure
 from web.access import SIGN, requires
 from web.forms import ReportForm
 from web.views.common import actor_of, add_workflow_error, get_exam
@@ -38,7 +38,7 @@ def reading_list(request):
     return render(request, template, {"exams": reading_queue()[:200]})
 
 
-ACTIONS = {"draft", "preliminary", "final"}
+ACTIONS = {"draft", "preliminary", "final", "addendum", "correction"}
 
 
 @requires(SIGN)
@@ -54,6 +54,8 @@ def report_editor(request, accession: str):
             try:
                 if action == "draft":
                     workflow.save_report_draft(actor_of(request), exam, **data)
+                elif action in ("addendum", "correction"):
+                    workflow.sign_report(actor_of(request), exam, final=True, amendment=action, **data)
                 else:
                     workflow.sign_report(actor_of(request), exam, final=action == "final", **data)
             except workflow.WorkflowError as error:
@@ -62,13 +64,19 @@ def report_editor(request, accession: str):
                 done = {
                     "draft": _("Draft saved."),
                     "preliminary": _("Preliminary report signed."),
-                    "final": _("Addendum signed.") if signed else _("Final report signed."),
+                    "final": _("Final report signed."),
+                    "addendum": _("Addendum signed."),
+                    "correction": _("Corrected report signed."),
                 }[action]
                 messages.success(request, done)
                 return redirect("web:report_editor", accession=accession)
     else:
-        # Continue the latest version; an amendment carries the whole corrected report.
-        initial = {"findings": latest.findings, "impression": latest.impression} if latest else {}
+        # Continue a draft or preliminary; after a final, an addendum starts empty (its text is
+        # added below the signed one) and a correction (?correct=1) starts from the signed text.
+        correcting = signed and request.GET.get("correct") == "1"
+        initial = {}
+        if latest and (not signed or correcting or latest.status == ReportStatus.DRAFT):
+            initial = {"findings": latest.findings, "impression": latest.impression}
         form = ReportForm(initial=initial)
     priors = (
         RequestedProcedure.objects.filter(order__patient=exam.order.patient)
@@ -86,6 +94,8 @@ def report_editor(request, accession: str):
             "patient": exam.order.patient,
             "form": form,
             "signed": signed,
+            "correcting": signed and request.GET.get("correct") == "1",
+            "signed_report": exam.reports.exclude(signed_at=None).order_by("-version").first() if signed else None,
             "reportable": exam.status in workflow.REPORTABLE_STATUSES | workflow.SIGNED_STATUSES,
             "versions": exam.reports.order_by("-version").prefetch_related("outbound_messages"),
             "priors": priors,
