@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
@@ -1218,6 +1218,71 @@ def settle_exam_arrivals(actor: Actor, exam: RequestedProcedure, *, now: dt.date
         extra=len(c.extra),
     )
     return ArrivalDecision("ready")
+
+
+# How far an exam had come, as the path an ordered exam takes to get there.
+_PROGRESS_PATH = {
+    E.IN_PROGRESS: (E.IN_PROGRESS,),
+    E.COMPLETED: (E.IN_PROGRESS, E.COMPLETED),
+    E.READY_FOR_READING: (E.IN_PROGRESS, E.COMPLETED, E.READY_FOR_READING),
+    E.DISCONTINUED: (E.IN_PROGRESS, E.DISCONTINUED),
+}
+_STEP_PATH = {S.STARTED: (S.STARTED,), S.COMPLETED: (S.STARTED, S.COMPLETED), S.DISCONTINUED: (S.DISCONTINUED,)}
+
+
+@transaction.atomic
+def reconcile_unscheduled_exam(
+    actor: Actor, unscheduled: RequestedProcedure, target: RequestedProcedure
+) -> RequestedProcedure:
+    """A scheduler matches an unscheduled exam to the order it belonged to. The performed work
+    moves to `target` (its open steps take the MPPS, its exam the studies that arrived) and
+    `target` takes over the progress; the unscheduled exam is closed as CANCELLED ("reconciled",
+    a transition outside the table on purpose: the work was not cancelled, it moved)."""
+    _require_permission(actor, "ris.reconcile_exam", "reconcile exams")
+    unscheduled, target = _lock_exam(unscheduled), _lock_exam(target)
+    if not unscheduled.needs_reconciliation or unscheduled.pk == target.pk:
+        raise WorkflowError("invalid", f"exam {unscheduled.accession_number} does not need reconciliation")
+    if unscheduled.status not in _PROGRESS_PATH:
+        raise WorkflowError("illegal_transition", f"an exam in status {unscheduled.status} cannot be reconciled")
+    if target.status not in (E.ORDERED, E.SCHEDULED):
+        raise WorkflowError("illegal_transition", f"exam {target.accession_number} was already {target.status}")
+    old_steps = list(unscheduled.scheduled_steps.select_for_update())
+    new_steps = list(target.scheduled_steps.select_for_update().filter(status__in=OPEN_STEP_STATUSES))
+    if not new_steps:
+        raise WorkflowError("invalid", f"exam {target.accession_number} has no open scheduled step")
+    for step in new_steps:
+        for status in _STEP_PATH.get(old_steps[0].status, (S.STARTED,)):
+            _set_step_status(step, status)
+    for performed in PerformedStep.objects.filter(scheduled_steps__in=old_steps).distinct():
+        performed.scheduled_steps.remove(*old_steps)
+        performed.scheduled_steps.add(*new_steps)
+    moved = Study.objects.filter(requested_procedure=unscheduled).update(requested_procedure=target)
+    for status in _PROGRESS_PATH[unscheduled.status]:
+        _set_exam_status(target, status, actor, "exam.reconciled", unscheduled=unscheduled.accession_number)
+    if unscheduled.qa_problem:
+        _flag_qa(target, unscheduled.qa_problem)
+    ScheduledStep.objects.filter(pk__in=[s.pk for s in old_steps]).update(
+        status=S.CANCELLED, status_changed_at=timezone.now()
+    )
+    old_status = unscheduled.status
+    unscheduled.status, unscheduled.status_changed_at = E.CANCELLED, timezone.now()
+    unscheduled.needs_reconciliation = False
+    unscheduled.save(update_fields=["status", "status_changed_at", "needs_reconciliation", "updated_at"])
+    audit(
+        actor,
+        "exam.reconciled_into",
+        exam=unscheduled,
+        old_status=old_status,
+        new_status=E.CANCELLED,
+        target=target.accession_number,
+        studies=moved,
+    )
+    _announce(new_steps + old_steps)
+    if target.status == E.COMPLETED:
+        from ris.celery import app
+
+        transaction.on_commit(lambda: app.send_task("worklist.tasks.check_completeness", args=[target.pk]))
+    return target
 
 
 @transaction.atomic
