@@ -5,7 +5,8 @@ Each instance is written under RIS_STORAGE_DIR/<Study UID>/<Series UID>/<SOP UID
 was received (Part 10, no re-encoding), through a temporary file and an atomic rename, so no
 reader ever sees half a file; a duplicate replaces the file and adds no row. The arrival is
 recorded at once; the completeness decision is left to a Celery task, queued for each exam
-the first time the association touches it and again when the association ends.
+the first time the association touches it and again when the association ends. With RIS_PACS
+set, each instance also gets an outbox row that forwards it there (worklist/forward.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTAT
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from ris.models import ArrivalSource
-from worklist import arrival, tasks
+from worklist import arrival, forward, tasks
 from worklist.mpps import calling_actor
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ def _store(event: evt.Event) -> int:
         if not existed:  # nothing half-done: no row, no file
             path.unlink(missing_ok=True)
         raise
+    if forward.should_forward(session.actor.name):
+        forward.queue_forward(sop_uid, str(path))
     if new_study:
         tasks.schedule_completeness_check([exam_id])
     return STATUS_SUCCESS

@@ -17,8 +17,13 @@ from celery import shared_task
 from ris import workflow
 from ris.celery import app
 from ris.models import ActorKind, ExamStatus, RequestedProcedure
+from worklist import forward
 
 log = logging.getLogger(__name__)
+
+# The worker imports this module at start (autodiscovery): from then on the outbox can deliver
+# "pacs" rows (C-STORE forwarding to RIS_PACS) and its sweep finds them.
+forward.register()
 
 ARRIVAL_TRACKING = workflow.Actor(ActorKind.SYSTEM, "arrival-tracking")
 CHECK_COMPLETENESS = "worklist.tasks.check_completeness"
