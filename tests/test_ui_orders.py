@@ -146,3 +146,25 @@ def test_patient_page_lists_merged_identifiers_and_history(scheduler):
     workflow.merge_patients(workflow.Actor("system", "t"), survivor, merged)
     html = scheduler.get(reverse("web:patient_detail", args=[survivor.pk])).content.decode()
     assert "OLD9" in html and exam.accession_number in html
+
+
+def test_exam_timeline_shows_the_hl7_order_message_with_its_raw_text(scheduler):
+    from hl7.models import InboundMessage
+    from ris import workflow
+
+    raw = b"MSH|^~\\&|HIS|HOSP|RIS|RAD|20260101||ORM^O01|MSG1|P|2.3.1\rORC|NW|PL-77\r"
+    InboundMessage.objects.create(
+        peer="127.0.0.1:1", raw=raw, sending_application="HIS", control_id="MSG1", message_type="ORM^O01", outcome="AA"
+    )
+    request = workflow.OrderRequest(
+        placer_order_number="PL-77",
+        source_application="HIS",
+        procedures=[workflow.ProcedureRequest(modality="CT", procedure_code="CTHEAD")],
+    )
+    exam = workflow.place_order(
+        workflow.Actor.for_hl7("HIS", "HOSP"), make_patient(), request
+    ).requested_procedures.get()
+    response = scheduler.get(reverse("web:exam_detail", args=[exam.accession_number]))
+    [entry] = [e for e in response.context["timeline"] if e.kind == "hl7-in"]
+    assert entry.title == "HL7 ORM^O01 MSG1 → AA"
+    assert "ORC|NW|PL-77" in entry.raw

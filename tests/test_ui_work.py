@@ -299,3 +299,12 @@ def test_statistics_page_bundles_its_chart_library_locally(login):
     html = login("admin").get(reverse("web:statistics")).content.decode()
     assert "/static/web/vendor/chart-4.6.1.umd.min.js" in html
     assert "https://" not in html and "http://" not in html
+
+
+def test_statistics_break_turnaround_down_per_day_and_modality(login):
+    exam = ready_for_reading(make_exam(start=local(today(), 8), station="CT1"))
+    editor(login("radiologist"), exam, "final")
+    turnaround = login("admin").get(reverse("web:statistics")).context["turnaround"]
+    [row] = turnaround["by_day"]
+    ct = row["cells"][turnaround["modalities"].index("CT")]
+    assert row["day"] == today() and ct["order_to_scan"] is not None and ct["scan_to_final"] is not None

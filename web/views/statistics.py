@@ -47,16 +47,16 @@ def turnaround(first_day: dt.date, last_day: dt.date) -> dict:
     order_to_scan: dict[str, list[float]] = defaultdict(list)
     scan_to_final: dict[str, list[float]] = defaultdict(list)
     per_day: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    per_day_modality: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for exam in exams:
         day = exam.created_at.astimezone(site_zone()).date().isoformat()
         a = _minutes(exam.scanned, exam.order.created_at)
         b = _minutes(finals.get(exam.pk), exam.scanned)
-        if a is not None:
-            order_to_scan[exam.modality].append(a)
-            per_day[day]["order_to_scan"].append(a)
-        if b is not None:
-            scan_to_final[exam.modality].append(b)
-            per_day[day]["scan_to_final"].append(b)
+        for metric, value, per_modality in (("order_to_scan", a, order_to_scan), ("scan_to_final", b, scan_to_final)):
+            if value is not None:
+                per_modality[exam.modality].append(value)
+                per_day[day][metric].append(value)
+                per_day_modality[(day, exam.modality)][metric].append(value)
     modalities = sorted(set(order_to_scan) | set(scan_to_final) | set(exams.values_list("modality", flat=True)))
     rows = [
         {
@@ -73,7 +73,21 @@ def turnaround(first_day: dt.date, last_day: dt.date) -> dict:
         "order_to_scan": [_median(per_day[d.isoformat()]["order_to_scan"]) for d in days],
         "scan_to_final": [_median(per_day[d.isoformat()]["scan_to_final"]) for d in days],
     }
-    return {"rows": rows, "series": series}
+    by_day = [
+        {
+            "day": d,
+            "cells": [
+                {
+                    "order_to_scan": _median(per_day_modality[(d.isoformat(), m)]["order_to_scan"]),
+                    "scan_to_final": _median(per_day_modality[(d.isoformat(), m)]["scan_to_final"]),
+                }
+                for m in modalities
+            ],
+        }
+        for d in reversed(days)
+        if any((d.isoformat(), m) in per_day_modality for m in modalities)
+    ]
+    return {"rows": rows, "series": series, "modalities": modalities, "by_day": by_day}
 
 
 def _median(values: list[float]) -> float | None:
