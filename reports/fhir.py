@@ -333,7 +333,6 @@ def diagnostic_report_resource(report: Report, ref: Reference = local_reference)
             "presentedForm": [
                 {
                     "contentType": "text/plain; charset=utf-8",
-                    "language": settings.LANGUAGE_CODE,
                     "data": base64.b64encode(text.encode("utf-8")).decode("ascii"),
                     "title": f"Report v{report.version}",
                     "creation": instant(report.signed_at),
