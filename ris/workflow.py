@@ -713,6 +713,8 @@ def sign_report(
     previous_signed = exam.reports.exclude(status=ReportStatus.DRAFT).order_by("-version").first()
     if amendment == AMENDMENT_ADDENDUM:
         findings, impression = _with_addendum(previous_signed, actor, findings, impression)
+    elif _same_text_again(previous_signed, report_status, findings, impression):
+        raise WorkflowError("duplicate", f"this exam's report is already signed {previous_signed.status} with this text")
     fields = dict(
         status=report_status,
         amendment=amendment,
@@ -749,6 +751,13 @@ def sign_report(
 AMENDMENT_CORRECTION = "correction"
 AMENDMENT_ADDENDUM = "addendum"
 AMENDMENT_KINDS = frozenset({AMENDMENT_CORRECTION, AMENDMENT_ADDENDUM})
+
+
+def _same_text_again(previous: Report | None, report_status: str, findings: str, impression: str) -> bool:
+    """A second preliminary, or a correction, that repeats the signed text (a double submit)."""
+    if previous is None or report_status == ReportStatus.FINAL:
+        return False
+    return (previous.findings, previous.impression) == (findings, impression)
 
 
 def _with_addendum(previous: Report, actor: Actor, findings: str, impression: str) -> tuple[str, str]:

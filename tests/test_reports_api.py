@@ -138,3 +138,20 @@ def test_destinations_follow_report_output_and_configured_peers(settings):
     other = ready_exam()
     post(other)
     assert not OutboundMessage.objects.filter(requested_procedure=other).exists()
+
+
+def test_the_same_final_submitted_twice_is_refused_as_a_duplicate():
+    exam = ready_exam()
+    assert post(exam).status_code == 201
+    response = post(exam)
+    assert response.status_code == 409 and response.data["code"] == "duplicate"
+    assert Report.objects.filter(requested_procedure=exam).count() == 1
+    assert OutboundMessage.objects.filter(requested_procedure=exam).count() == 2
+
+
+def test_a_final_repeating_the_preliminary_text_is_the_normal_sign_off():
+    exam = ready_exam()
+    post(exam, status="preliminary")
+    assert post(exam).status_code == 201
+    exam.refresh_from_db()
+    assert exam.status == ExamStatus.FINAL
