@@ -308,3 +308,19 @@ def test_statistics_break_turnaround_down_per_day_and_modality(login):
     [row] = turnaround["by_day"]
     ct = row["cells"][turnaround["modalities"].index("CT")]
     assert row["day"] == today() and ct["order_to_scan"] is not None and ct["scan_to_final"] is not None
+
+
+def test_board_poll_is_not_rendered_again_while_nothing_changed(login):
+    make_room("CT1")
+    exam = make_exam(start=local(today(), 23, 50), station="CT1")
+    client = login("scheduler")
+    first = client.get(reverse("web:board"), HTTP_HX_REQUEST="true")
+    etag = first["ETag"]
+    again = client.get(reverse("web:board"), HTTP_HX_REQUEST="true", HTTP_IF_NONE_MATCH=etag)
+    if again.status_code == 200:  # the minute turned between the two requests
+        etag = again["ETag"]
+        again = client.get(reverse("web:board"), HTTP_HX_REQUEST="true", HTTP_IF_NONE_MATCH=etag)
+    assert again.status_code == 304
+    perform(exam, complete=False)
+    changed = client.get(reverse("web:board"), HTTP_HX_REQUEST="true", HTTP_IF_NONE_MATCH=etag)
+    assert changed.status_code == 200 and b'data-status="IN_PROGRESS"' in changed.content

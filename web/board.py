@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+from django.db.models import Count, Max
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -99,3 +101,18 @@ def day_board(day: dt.date) -> dict:
         "total": len(seen),
         "now": now,
     }
+
+
+def board_fingerprint(day: dt.date) -> str:
+    """Changes whenever anything the board shows for `day` changes: the newest step or exam
+    change of the day, the waiting list, and the minute (late flags move with the clock)."""
+    start, end = local_day_bounds(day)
+    steps = ScheduledStep.objects.filter(start__gte=start, start__lt=end).aggregate(
+        changed=Max("updated_at"), exams_changed=Max("requested_procedure__updated_at"), n=Count("id")
+    )
+    waiting = RequestedProcedure.objects.filter(status=ExamStatus.ORDERED).aggregate(
+        changed=Max("updated_at"), n=Count("id")
+    )
+    minute = timezone.now().strftime("%Y%m%d%H%M")
+    parts = [steps["changed"], steps["exams_changed"], steps["n"], waiting["changed"], waiting["n"], minute]
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:20]
