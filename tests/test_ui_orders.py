@@ -168,3 +168,28 @@ def test_exam_timeline_shows_the_hl7_order_message_with_its_raw_text(scheduler):
     [entry] = [e for e in response.context["timeline"] if e.kind == "hl7-in"]
     assert entry.title == "HL7 ORM^O01 MSG1 → AA"
     assert "ORC|NW|PL-77" in entry.raw
+
+
+def test_duplicate_patient_is_merged_into_the_one_on_screen(scheduler):
+    survivor, duplicate = make_patient("P1"), make_patient("DUP1", "Nguyen", "Thi", "Dao")
+    exam = make_exam(duplicate)
+    scheduler.post(reverse("web:merge_patient", args=[survivor.pk]), {"patient_id": "DUP1"})
+    duplicate.refresh_from_db()
+    assert duplicate.merged_into == survivor
+    assert exam.order.__class__.objects.get(pk=exam.order.pk).patient == survivor
+    assert AuditEvent.objects.filter(action="patient.merged", actor="scheduler").exists()
+
+
+def test_merge_with_an_unknown_id_changes_nothing(scheduler):
+    survivor = make_patient("P1")
+    response = scheduler.post(reverse("web:merge_patient", args=[survivor.pk]), {"patient_id": "NOPE"}, follow=True)
+    assert b"No other patient with ID NOPE" in response.content
+    assert not Patient.objects.exclude(merged_into=None).exists()
+
+
+def test_technologist_cannot_merge_patients(client, ui_users):
+    survivor, duplicate = make_patient("P1"), make_patient("DUP1")
+    client.force_login(ui_users["technologist"])
+    assert client.post(reverse("web:merge_patient", args=[survivor.pk]), {"patient_id": "DUP1"}).status_code == 403
+    duplicate.refresh_from_db()
+    assert duplicate.merged_into is None

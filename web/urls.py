@@ -41,6 +41,7 @@ urlpatterns = [
     path("iid", exams.iid, name="iid"),
     path("patients/", exams.patient_list, name="patient_list"),
     path("patients/<int:pk>/", exams.patient_detail, name="patient_detail"),
+    path("patients/<int:pk>/merge/", exams.merge_patient, name="merge_patient"),
     path("technologist/", technologist.technologist, name="technologist"),
     path("reconciliation/", qa.qa, name="qa"),
     path("reading/", reading.reading_list, name="reading_list"),

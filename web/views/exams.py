@@ -7,11 +7,13 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
 
 from hl7.models import InboundMessage
 from ris import workflow
@@ -27,7 +29,7 @@ from ris.models import (
 from ris.timeutil import local_day_bounds
 from web.access import PERFORM, RECONCILE, SCHEDULE, SIGN, VIEW_EXAMS, VIEW_PATIENTS, requires
 from web.labels import STATUS_LABELS, action_label, status_label
-from web.views.common import get_exam
+from web.views.common import actor_of, get_exam
 
 PAGE_SIZE = 25
 HL7_SCAN_LIMIT = 300
@@ -282,3 +284,34 @@ def patient_detail(request, pk: int):
             "audit": patient.audit_events.order_by("-at")[:50],
         },
     )
+
+
+@require_POST
+@requires(RECONCILE, VIEW_PATIENTS)
+def merge_patient(request, pk: int):
+    """Merge a duplicate record (by its patient ID) into this one, as an ADT^A40 would."""
+    survivor = get_object_or_404(Patient, pk=pk, merged_into=None)
+    wanted = request.POST.get("patient_id", "").strip()
+    candidates = Patient.objects.filter(patient_id=wanted, merged_into=None).exclude(pk=survivor.pk)
+    if request.POST.get("issuer", "").strip():
+        candidates = candidates.filter(issuer=request.POST["issuer"].strip())
+    duplicates = list(candidates[:2])
+    if len(duplicates) != 1:
+        messages.error(
+            request,
+            _("No other patient with ID %(id)s.") % {"id": wanted}
+            if not duplicates
+            else _("Several patients have ID %(id)s: give the issuer too.") % {"id": wanted},
+        )
+        return redirect("web:patient_detail", pk=survivor.pk)
+    try:
+        workflow.merge_patients(actor_of(request), survivor, duplicates[0])
+    except workflow.WorkflowError as error:
+        messages.error(request, error.reason)
+    else:
+        messages.success(
+            request,
+            _("Patient %(merged)s merged into %(survivor)s.")
+            % {"merged": duplicates[0].patient_id, "survivor": survivor.patient_id},
+        )
+    return redirect("web:patient_detail", pk=survivor.pk)
