@@ -36,7 +36,7 @@ PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:543
 
 def orm(n: int, run: str) -> bytes:
     """An ORM^O01 NW as a v2.3.1 sender writes it, with a ZDS-less OBR (the RIS assigns UIDs)."""
-    obr = ["OBR", "1", f"PL{run}{n}^HIS", "", "^^^P1^CT head^LOCAL"] + [""] * 13 + [f"B{run}{n}"[:16]]
+    obr = ["OBR", "1", f"PL{run}{n}^HIS", "", "^^^P1^CT head^LOCAL"] + [""] * 13 + [f"B{run}{n}"]
     obr += ["", "", "", "", "", "CT"]
     return (
         "\r".join(
@@ -119,6 +119,16 @@ def serve_asyncio_echo(port: int) -> None:
 # --- orchestration -------------------------------------------------------------------------------
 
 
+def base36(n: int) -> str:
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if not n:
+            return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,11 +159,11 @@ def stop(process: subprocess.Popen) -> None:
 
 def measure(port: int, connections: int, count: int) -> dict:
     """Start `connections` sender processes at once; wall time from first start to last finish."""
-    run = f"{os.getpid() % 1000}{int(time.time()) % 100000}"
+    run = base36(int(time.time() * 1000) % 36**6)  # short: accession numbers are at most 16 characters
     started = time.perf_counter()
     senders = [
         subprocess.Popen(
-            [PY, __file__, "--send", str(port), str(count), f"R{run}C{i}X"],
+            [PY, __file__, "--send", str(port), str(count), f"{run}{i}X"],
             stdout=subprocess.PIPE,
             env={**os.environ, "TCP_NODELAY": "1"},
         )
@@ -253,6 +263,7 @@ def run(quick: bool = False) -> str:
             rows.append(row("ours, PostgreSQL, 1 connection", "-", result, floors[("threads", 1)]))
         finally:
             drop_postgres(pg[1])
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     floor_rows = [
         f"| echo, {kind}, {conns} connection{'s' if conns > 1 else ''} | {r['messages']} | {r['rate']:.0f} | "
         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
@@ -265,7 +276,8 @@ def run(quick: bool = False) -> str:
             f"{count} ORM^O01 (NW) messages per connection, each a new order with one exam and one worklist step; "
             "every ACK is sent after the order, the journal row and its outcome are committed. Senders are "
             "independent plain-socket processes (TCP_NODELAY), one message in flight per connection. "
-            "Ratio = our messages/s ÷ the do-nothing threaded echo server's with the same connections.",
+            "Ratio = our messages/s ÷ the do-nothing threaded echo server's with the same connections. "
+            f"Load average at the end of the run (1/5/15 min): {load} on {os.cpu_count()} cores.",
             "",
             "| setup | messages | msg/s | p50 ms | p99 ms | echo msg/s | ratio | target |",
             "|---|---|---|---|---|---|---|---|",
