@@ -10,12 +10,13 @@ handle_frame never raises: every frame gets an AA, AE or AR.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from hl7 import er7, mapping
@@ -98,9 +99,11 @@ def handle_frame(raw: bytes, peer: str) -> bytes:
         log.exception("HL7 message from %s failed outside the workflow", peer)
         if isinstance(exc, DatabaseError):
             connection.close()
-        msh = _loose_msh(raw)
-        ack = build_ack(msh, "AR", HL7Error(ERR_INTERNAL, "internal error; the message was kept, try again"))
-        _finish(entry, "AR", ack.encode("latin-1", "replace"), "internal error")
+        ack = build_ack(
+            _loose_msh(raw), "AR", HL7Error(ERR_INTERNAL, "internal error; the message was kept, try again")
+        )
+        with contextlib.suppress(DatabaseError):
+            _finish(entry, "AR", ack.encode("latin-1", "replace"), "internal error")
         return ack.encode("latin-1", "replace")
 
 
@@ -145,6 +148,9 @@ def _process(entry: InboundMessage, raw: bytes, peer: str) -> bytes:
         code, error = "AE", exc.error
     except OrderRefused as exc:
         code, error, replies = "AE", exc.error, exc.replies
+    except IntegrityError as exc:
+        # Another connection stored the same key between our check and our insert.
+        code, error = "AE", HL7Error(ERR_DUPLICATE_KEY, f"duplicate key: {exc}"[:200], "ORC", 2)
     except DatabaseError as exc:
         # Locked or unreachable database: a receiver-side problem; the sender may resend unchanged.
         log.warning("database error on message from %s: %s", peer, exc)

@@ -806,3 +806,16 @@ def test_python_hl7_mllp_send_gets_an_aa_for_each_message_on_one_connection(shar
     assert result.stdout.count(b"MSA|AA|") == 2
     assert RequestedProcedure.objects.filter(accession_number="ACC251A").exists()
     assert Patient.objects.filter(patient_id="VN0002", family_name="Lê").exists()
+
+
+def test_unreachable_database_is_AR_resend_later_and_the_listener_keeps_answering(ris_env, tmp_path):
+    ctx, address = _listener(ris_env, tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/missing/dir/ris.sqlite3")
+    with ctx:
+        peer = Peer(address)
+        try:
+            for msg_id in ("D1", "D2"):
+                ack = peer.send(orm(msg_id=msg_id).encode()).decode()
+                assert msa(ack)[1:3] == ["AR", msg_id]
+                assert "resend later" in ack
+        finally:
+            peer.close()
