@@ -139,24 +139,23 @@ def timeline(exam: RequestedProcedure) -> list[TimelineEntry]:
             )
         )
     for performed in PerformedStep.objects.filter(scheduled_steps__requested_procedure=exam).distinct():
+        station = performed.performed_station_ae_title
+        started = performed.started_at or performed.created_at
         entries.append(
             TimelineEntry(
-                performed.started_at or performed.created_at,
+                started,
                 "mpps",
-                "MPPS IN PROGRESS",
-                performed.performed_station_ae_title,
+                f"MPPS {status_label('IN PROGRESS')}",
+                station,
                 performed.sop_instance_uid,
+                code="MPPS IN PROGRESS",
             )
         )
         if performed.ended_at and performed.status != "IN PROGRESS":
+            title = f"MPPS {status_label(performed.status)}"
+            reason = performed.discontinuation_reason
             entries.append(
-                TimelineEntry(
-                    performed.ended_at,
-                    "mpps",
-                    f"MPPS {performed.status}",
-                    performed.performed_station_ae_title,
-                    performed.discontinuation_reason,
-                )
+                TimelineEntry(performed.ended_at, "mpps", title, station, reason, code=f"MPPS {performed.status}")
             )
     for study in exam.studies.all():
         for series in study.series.all():
@@ -187,7 +186,7 @@ def timeline(exam: RequestedProcedure) -> list[TimelineEntry]:
             TimelineEntry(
                 message.delivered_at or message.created_at,
                 "hl7-out",
-                f"{message.destination.upper()} {message.message_control_id} {message.status}",
+                f"{message.destination.upper()} {message.message_control_id} {status_label(message.status)}",
                 "",
                 message.last_error,
                 message.payload,

@@ -82,6 +82,7 @@ class Command(BaseCommand):
         pages = []
         if exam := first(ExamStatus.FINAL):
             pages.append(("exam-detail.png", "scheduler", f"/exams/{exam.accession_number}/", "en"))
+            pages.append(("exam-detail-vi.png", "scheduler", f"/exams/{exam.accession_number}/", "vi"))
         if exam := first(ExamStatus.READY_FOR_READING, ExamStatus.FINAL):
             pages.append(("report-editor.png", "radiologist", f"/reading/{exam.accession_number}/", "en"))
         if exam := first(ExamStatus.ORDERED):
