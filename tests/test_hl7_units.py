@@ -4,6 +4,7 @@ that parsing + mapping + processing answer every input with an ACK and never rai
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from pathlib import Path
 
@@ -159,7 +160,9 @@ def test_priority_codes_map_to_dicom_requested_procedure_priority():
 
 REAL_MESSAGES = [p.read_bytes() for p in sorted(DATA.glob("*.hl7"))]
 HYPOTHESIS_DB = settings(
-    max_examples=int(__import__("os").environ.get("HL7_FUZZ_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=int(os.environ.get("HL7_FUZZ_EXAMPLES", "120")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
 
