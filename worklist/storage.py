@@ -226,4 +226,6 @@ def register(ae: AE) -> list[tuple]:
         (evt.EVT_C_STORE, handle_store),
         (evt.EVT_RELEASED, handle_association_end),
         (evt.EVT_ABORTED, handle_association_end),
+        # A connection dropped without release or abort still ends its session.
+        (evt.EVT_CONN_CLOSE, handle_association_end),
     ]
