@@ -714,7 +714,7 @@ def sign_report(
     if amendment == AMENDMENT_ADDENDUM:
         findings, impression = _with_addendum(previous_signed, actor, findings, impression)
     elif _same_text_again(previous_signed, report_status, findings, impression):
-        raise WorkflowError("duplicate", f"this exam's report is already signed {previous_signed.status} with this text")
+        raise WorkflowError("duplicate", f"report already signed {previous_signed.status} with this text")
     fields = dict(
         status=report_status,
         amendment=amendment,
