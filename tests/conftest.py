@@ -254,3 +254,34 @@ def task_publisher(ris_env):
     """Tasks queued by this test process go to the broker and queue of `ris_env`."""
     with publishing_to(ris_env) as app:
         yield app
+
+
+# --- Modality Worklist (issue 4) ---------------------------------------------------------
+
+MWL_TEST_TIME_ZONE = "Asia/Ho_Chi_Minh"  # not UTC, so "the site's day" differs from UTC's
+
+
+@pytest.fixture(scope="module")
+def shared_dicom_scp(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[tuple[str, int]]:
+    """One `rundicom` subprocess for a whole test module, its site in MWL_TEST_TIME_ZONE (tests
+    using it set settings.RIS_TIME_ZONE to match). Each test takes `transactional_db`."""
+    with django_db_blocker.unblock():
+        url = database_url_of_test_db()
+    tmp = tmp_path_factory.mktemp("dicom")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RIS_")}
+    env.update(
+        {
+            "DATABASE_URL": url,
+            "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{tmp / 'broker.sqlite3'}",
+            "RIS_CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+            "RIS_BIND": "127.0.0.1",
+            "RIS_DICOM_PORT": str(port),
+            "RIS_AE_TITLE": "RIS",
+            "RIS_TIME_ZONE": MWL_TEST_TIME_ZONE,
+            "RIS_STORAGE_DIR": str(tmp / "storage"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    with running(manage("rundicom"), env, tmp / "dicom.log", port):
+        yield "127.0.0.1", port

@@ -141,7 +141,8 @@ def refresh_steps(steps: Iterable[Model]) -> None:
     given = {s.pk: s for s in steps if s.pk}
     rows = list(ScheduledStep.objects.filter(pk__in=given).select_related("requested_procedure__order__patient"))
     for row in rows:
-        row.mwl_dataset = build_mwl_dataset(row)
+        # A step without a start time is not on the worklist: no answer to prepare.
+        row.mwl_dataset = build_mwl_dataset(row) if row.start is not None else None
         given[row.pk].mwl_dataset = row.mwl_dataset  # so a later save() of the caller's copy keeps it
     ScheduledStep.objects.bulk_update(rows, ["mwl_dataset"], batch_size=500)
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
+import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import close_old_connections
-from django.db.models import CharField, Lookup, Q, QuerySet
+from django.db import close_old_connections, connection
+from django.db.models import CharField, Func, Lookup, Q, QuerySet
 from django.db.models.functions import TruncTime, Upper
 from pydicom import charset as dicom_charset
 from pydicom.datadict import tag_for_keyword
@@ -34,7 +35,7 @@ from pynetdicom import _config, dimse_messages, evt, service_class
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from ris.models import ScheduledStep
+from ris.models import RequestedProcedure, ScheduledStep
 from ris.timeutil import site_zone
 from worklist import matching
 from worklist.datasets import PreparedResponse, ResponseBuilder, encode_command_set, requested_fields
@@ -52,9 +53,10 @@ STATUS_UNABLE_TO_PROCESS = 0xC000
 QUERY_RETRIEVE_LEVEL = 0x00080052
 SPS_SEQUENCE = "ScheduledProcedureStepSequence"
 
-EXAM = "requested_procedure__"
-ORDER = "requested_procedure__order__"
-PATIENT = "requested_procedure__order__patient__"
+# Columns of the request side, relative to RequestedProcedure (the exam): matched in a subquery.
+EXAM = ""
+ORDER = "order__"
+PATIENT = "order__patient__"
 
 
 @CharField.register_lookup
@@ -69,6 +71,16 @@ class DicomWildcard(Lookup):
         if connection.vendor == "sqlite":
             return f"{lhs} GLOB %s", [*lhs_params, matching.wildcard_to_glob(self.rhs)]
         return f"{lhs} LIKE %s ESCAPE '\\'", [*lhs_params, matching.wildcard_to_like(self.rhs)]
+
+
+class Unindexed(Func):
+    """A column the SQLite planner may not use an index for (unary +, its documented hint);
+    the plain column elsewhere (PostgreSQL plans from statistics)."""
+
+    template = "%(expressions)s"
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return super().as_sql(compiler, connection, template="+%(expressions)s", **extra)
 
 
 class InvalidIdentifier(Exception):
@@ -128,16 +140,31 @@ class WorklistQuery:
     """An identifier translated: SQL conditions, a Python re-check of the SQL candidates (only
     for "exact" PN mode), and whether an optional key was ignored (FF01)."""
 
-    conditions: list[Q] = field(default_factory=list)
+    conditions: list[Q] = field(default_factory=list)  # on ScheduledStep
+    request_conditions: list[Q] = field(default_factory=list)  # on RequestedProcedure
     time_of_day: tuple[dt.time | None, dt.time | None] | None = None
     recheck: list[Callable[[dict], bool]] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     annotations: dict[str, Upper] = field(default_factory=dict)
+    request_annotations: dict[str, Upper] = field(default_factory=dict)
+    # Plan hint: a start range (the usual console query: station or modality + a day).
+    has_start_range: bool = False
 
     def queryset(self) -> QuerySet:
-        qs = ScheduledStep.objects.filter(
-            status__in=settings.RIS_MWL_VISIBLE_STATUSES, start__isnull=False, mwl_dataset__isnull=False
-        )
+        # Steps without a start time have no prepared answer (mwl_dataset NULL): not listed.
+        qs = ScheduledStep.objects.filter(mwl_dataset__isnull=False)
+        if self.request_conditions:
+            exams = RequestedProcedure.objects.annotate(**self.request_annotations)
+            for condition in self.request_conditions:
+                exams = exams.filter(condition)
+            qs = qs.filter(requested_procedure__in=exams.values("pk"))
+        if self.request_conditions and not self.has_start_range:
+            # Lead with the patient/exam side: keep the status test out of index choice, or
+            # SQLite (no statistics) walks the (status, start) index over every visible step.
+            qs = qs.annotate(status_unindexed=Unindexed("status", output_field=CharField()))
+            qs = qs.filter(status_unindexed__in=settings.RIS_MWL_VISIBLE_STATUSES)
+        else:
+            qs = qs.filter(status__in=settings.RIS_MWL_VISIBLE_STATUSES)
         if self.annotations:
             qs = qs.annotate(**self.annotations)
         if self.time_of_day is not None:
@@ -185,33 +212,46 @@ def string_condition(column: str, value: str, vr: str, *, case_insensitive: bool
             part = part.upper()
         if matching.has_wildcard(part, vr):
             target = f"{column}__dicom_wildcard" if not case_insensitive else f"{column}_upper__dicom_wildcard"
-            condition |= Q(**{target: part}) & ~Q(**{column: ""})
-        else:
-            condition |= Q(**{f"{column}__iexact" if case_insensitive else column: part}) & ~Q(**{column: ""})
+            condition |= Q(**{target: part}) & ~Q(**{column: ""}) & prefix_range(column, part, case_insensitive)
+        else:  # a non-empty value cannot equal an empty one: no extra test needed
+            condition |= Q(**{f"{column}__iexact" if case_insensitive else column: part})
     return condition
 
 
-def add_key(query: WorklistQuery, keyword: str, value: str, column: str, kind: str, vr: str) -> None:
+def prefix_range(column: str, pattern: str, case_insensitive: bool) -> Q:
+    """For 'ABC*...' also `ABC <= column < ABD`, a range SQLite can take from an index (it will
+    not for GLOB with a bound parameter). Only on SQLite, whose BINARY collation orders by
+    code point; a linguistic collation (PostgreSQL) need not keep prefixes together."""
+    prefix = re.split(r"[*?]", pattern, maxsplit=1)[0]
+    if not prefix or case_insensitive or connection.vendor != "sqlite":
+        return Q()
+    return Q(**{f"{column}__gte": prefix, f"{column}__lt": prefix[:-1] + chr(ord(prefix[-1]) + 1)})
+
+
+def add_key(query: WorklistQuery, value: str, column: str, kind: str, vr: str, *, request: bool) -> None:
+    """One matching key: `request` says the column is on the exam side (RequestedProcedure)."""
+    conditions = query.request_conditions if request else query.conditions
     if kind == "uid":
-        query.conditions.append(Q(**{f"{column}__in": matching.parse_uid_list(value)}))
+        conditions.append(Q(**{f"{column}__in": matching.parse_uid_list(value)}))
     elif kind == "date":
         low, high = matching.parse_date_range(value)
-        query.conditions.append(
+        conditions.append(
             Q(**({f"{column}__gte": low} if low else {})) & Q(**({f"{column}__lte": high} if high else {}))
         )
     elif kind == "patient_name":
         add_patient_name(query, value)
     elif kind == "pn":
-        add_person_name(query, value, column)
+        conditions.append(string_condition(column, matching.alphabetic_group(value), "PN", case_insensitive=True))
+        (query.request_annotations if request else query.annotations)[f"{column}_upper"] = Upper(column)
     else:
-        query.conditions.append(string_condition(column, value, vr))
+        conditions.append(string_condition(column, value, vr))
 
 
 def add_patient_name(query: WorklistQuery, value: str) -> None:
     """PN matching on the folded name (case- and accent-insensitive). In "exact" mode the SQL
     result is a superset, re-checked literally against each candidate's stored name."""
     folded = "\\".join(matching.fold_pn(part) for part in value.split("\\"))
-    query.conditions.append(string_condition(PATIENT + "name_search", folded, "PN"))
+    query.request_conditions.append(string_condition(PATIENT + "name_search", folded, "PN"))
     if settings.RIS_MWL_PN_MATCHING == "exact":
         parts = [matching.alphabetic_group(p) for p in value.split("\\")]
 
@@ -221,12 +261,6 @@ def add_patient_name(query: WorklistQuery, value: str) -> None:
             return any(matching.wildcard_matches(name, p) for p in parts)
 
         query.recheck.append(literal)
-
-
-def add_person_name(query: WorklistQuery, value: str, column: str) -> None:
-    """Other PN keys (physicians): case-insensitive in SQL (exact or wildcard)."""
-    query.conditions.append(string_condition(column, matching.alphabetic_group(value), "PN", case_insensitive=True))
-    query.annotations[f"{column}_upper"] = Upper(column)
 
 
 def translate(identifier: Dataset, station: Modality | None) -> WorklistQuery:
@@ -249,7 +283,7 @@ def translate(identifier: Dataset, station: Modality | None) -> WorklistQuery:
             value = value_of(identifier, keyword)
             if not matching.is_universal(value):
                 try:
-                    add_key(query, keyword, value, *TOP_LEVEL_KEYS[keyword], elem.VR)
+                    add_key(query, value, *TOP_LEVEL_KEYS[keyword], elem.VR, request=True)
                 except matching.InvalidMatchingValue as exc:
                     raise InvalidIdentifier(STATUS_UNABLE_TO_PROCESS, f"{keyword}: {exc}", keyword) from None
         elif not is_empty(elem.value):
@@ -304,7 +338,7 @@ def add_scheduled_step_keys(query: WorklistQuery, sps: Dataset | None, station: 
         if keyword in SPS_KEYS:
             value = value_of(sps, keyword)
             if not matching.is_universal(value):
-                add_key(query, keyword, value, *SPS_KEYS[keyword], elem.VR)
+                add_key(query, value, *SPS_KEYS[keyword], elem.VR, request=False)
         elif not is_empty(elem.value):
             query.unsupported.append(keyword or str(elem.tag))
     station_value = value_of(sps, "ScheduledStationAETitle")
@@ -319,6 +353,7 @@ def add_start_keys(query: WorklistQuery, date_value: str, time_value: str) -> No
     try:
         if not matching.is_universal(date_value):
             low, high = matching.combined_datetime_range(date_value, time_value, site_zone())
+            query.has_start_range = True
             query.conditions.append(
                 Q(**({"start__gte": low} if low else {})) & Q(**({"start__lte": high} if high else {}))
             )
@@ -335,7 +370,7 @@ def add_accession_issuer(query: WorklistQuery, elem) -> None:
         return
     value = value_of(items[0], ACCESSION_ISSUER[1])
     if not matching.is_universal(value):
-        query.conditions.append(string_condition(ACCESSION_ISSUER[2], value, "UT"))
+        query.request_conditions.append(string_condition(ACCESSION_ISSUER[2], value, "UT"))
     others = [e for e in items[0] if e.keyword != ACCESSION_ISSUER[1] and not is_empty(e.value)]
     if others:
         query.unsupported.append(ACCESSION_ISSUER[0])

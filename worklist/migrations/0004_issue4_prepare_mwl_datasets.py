@@ -7,7 +7,7 @@ def prepare(apps, schema_editor):
     from worklist.datasets import build_mwl_dataset
 
     ScheduledStep = apps.get_model("ris", "ScheduledStep")
-    steps = ScheduledStep.objects.filter(status__in=["SCHEDULED", "ARRIVED", "STARTED"]).select_related(
+    steps = ScheduledStep.objects.filter(status__in=["SCHEDULED", "ARRIVED", "STARTED"], start__isnull=False).select_related(
         "requested_procedure__order__patient"
     )
     batch = []
