@@ -651,3 +651,14 @@ def test_exact_person_name_mode_is_case_and_accent_sensitive(site_env, ct1, tmp_
         _, identifiers = pynetdicom_find(port, identifier)
         assert [i.AccessionNumber for i in identifiers if i is not None] == ["E1"]
         assert accessions(query(port, tmp_path, "PatientName=MULLER*")) == ["E2"]
+
+
+def test_database_trouble_is_answered_with_a700_and_the_listener_carries_on(site_env, tmp_path):
+    site_env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}"  # no tables at all
+    site_env["RIS_DICOM_ALLOW_ANY_AE"] = "1"
+    port = int(site_env["RIS_DICOM_PORT"])
+    with running(manage("rundicom"), site_env, tmp_path / "dicom.log", port):
+        for _ in range(2):
+            statuses, _ = pynetdicom_find(port, mwl_identifier())
+            assert statuses[0].Status == 0xA700
+            assert statuses[0].ErrorComment.startswith("database unavailable")

@@ -1,8 +1,9 @@
 """Modality Worklist C-FIND SCP (IHE RAD-5; DICOM PS3.4 Annex K, matching per C.2.2.2).
 
-A query identifier becomes ONE database query on indexed columns of ScheduledStep (and the
-exam, order and patient it joins only when a key needs them); the rows carry their answer
-prepared at scheduling time (worklist.datasets), so matches stream out as they are read.
+A query identifier becomes ONE database query on indexed columns of ScheduledStep (keys on
+the exam, order or patient become a sub-select of exam ids, led by their own indexes); the
+rows carry their answer prepared at scheduling time (worklist.datasets), so matches stream
+out as they are read and are encoded straight to bytes.
 Only steps in RIS_MWL_VISIBLE_STATUSES with a start time are visible: a cancelled,
 discontinued or completed step is gone from the next query, nothing to wait for.
 
@@ -10,7 +11,7 @@ Statuses (PS3.4 K.4.1.1.4): FF00 per match; FF01 when the identifier carried an 
 key we do not match on (ignored for matching, still returned); A900 for an identifier that
 is not a worklist identifier (Query/Retrieve Level, several SPS items); C000 for values no
 matching type accepts (bad date, time, UID, character set), each with an Error Comment
-naming the attribute; FE00 when the SCU sends C-CANCEL.
+naming the attribute; A700 when the database cannot answer; FE00 when the SCU sends C-CANCEL.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 from django.db.models import CharField, Func, Lookup, Q, QuerySet
 from django.db.models.functions import TruncTime, Upper
 from pydicom import charset as dicom_charset
@@ -83,8 +84,9 @@ class Unindexed(Func):
         return super().as_sql(compiler, connection, template="+%(expressions)s", **extra)
 
 
-class InvalidIdentifier(Exception):
-    """An identifier we answer with a failure status and an Error Comment."""
+class QueryFailure(Exception):
+    """A query we answer with a failure status and an Error Comment (bad identifier, or a
+    database that cannot answer)."""
 
     def __init__(self, status: int, comment: str, keyword: str = "") -> None:
         super().__init__(comment)
@@ -264,9 +266,9 @@ def add_patient_name(query: WorklistQuery, value: str) -> None:
 
 
 def translate(identifier: Dataset, station: Modality | None) -> WorklistQuery:
-    """The worklist query of an identifier, or InvalidIdentifier."""
+    """The worklist query of an identifier, or QueryFailure."""
     if QUERY_RETRIEVE_LEVEL in identifier:
-        raise InvalidIdentifier(
+        raise QueryFailure(
             STATUS_IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "Query/Retrieve Level is not allowed in a worklist query",
             "QueryRetrieveLevel",
@@ -285,7 +287,7 @@ def translate(identifier: Dataset, station: Modality | None) -> WorklistQuery:
                 try:
                     add_key(query, value, *TOP_LEVEL_KEYS[keyword], elem.VR, request=True)
                 except matching.InvalidMatchingValue as exc:
-                    raise InvalidIdentifier(STATUS_UNABLE_TO_PROCESS, f"{keyword}: {exc}", keyword) from None
+                    raise QueryFailure(STATUS_UNABLE_TO_PROCESS, f"{keyword}: {exc}", keyword) from None
         elif not is_empty(elem.value):
             query.unsupported.append(keyword or str(elem.tag))
     sps = scheduled_step_item(identifier)
@@ -299,14 +301,14 @@ def check_character_set(identifier: Dataset) -> None:
     terms = identifier.get("SpecificCharacterSet") or []
     for term in [terms] if isinstance(terms, str) else terms:
         if term and term.strip() not in dicom_charset.python_encoding:
-            raise InvalidIdentifier(
+            raise QueryFailure(
                 STATUS_UNABLE_TO_PROCESS, f"unsupported Specific Character Set {term!r}", "SpecificCharacterSet"
             )
     try:
         for elem in identifier:  # force decoding now, so a bad byte is answered, not crashed on
             elem.value  # noqa: B018
     except (UnicodeDecodeError, LookupError) as exc:
-        raise InvalidIdentifier(STATUS_UNABLE_TO_PROCESS, f"query text cannot be decoded: {exc}") from None
+        raise QueryFailure(STATUS_UNABLE_TO_PROCESS, f"query text cannot be decoded: {exc}") from None
 
 
 def scheduled_step_item(identifier: Dataset) -> Dataset | None:
@@ -314,13 +316,13 @@ def scheduled_step_item(identifier: Dataset) -> Dataset | None:
         return None
     elem = identifier[SPS_SEQUENCE]
     if elem.VR != "SQ":
-        raise InvalidIdentifier(
+        raise QueryFailure(
             STATUS_IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "Scheduled Procedure Step Sequence is not a sequence",
             SPS_SEQUENCE,
         )
     if len(elem.value) > 1:
-        raise InvalidIdentifier(
+        raise QueryFailure(
             STATUS_IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "Scheduled Procedure Step Sequence must hold one item",
             SPS_SEQUENCE,
@@ -361,7 +363,7 @@ def add_start_keys(query: WorklistQuery, date_value: str, time_value: str) -> No
             query.time_of_day = matching.parse_time_range(time_value)
     except matching.InvalidMatchingValue as exc:
         keyword = SPS_START_TIME if "time" in str(exc) else SPS_START_DATE
-        raise InvalidIdentifier(STATUS_UNABLE_TO_PROCESS, f"{keyword}: {exc}", keyword) from None
+        raise QueryFailure(STATUS_UNABLE_TO_PROCESS, f"{keyword}: {exc}", keyword) from None
 
 
 def add_accession_issuer(query: WorklistQuery, elem) -> None:
@@ -396,19 +398,19 @@ def handle_find(event: evt.Event):
     try:
         try:
             identifier = event.identifier
+        except Exception as exc:  # an identifier pydicom cannot even parse
+            log.warning("worklist query could not be read: %s", exc)
+            yield QueryFailure(STATUS_UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}").as_status(), None
+            return
+        try:
             station = calling_station(event)
             query = translate(identifier, station)
-            builder = ResponseBuilder(
-                requested_fields(identifier), station.answer_character_set if station else AnswerCharacterSet.UTF8
-            )
-        except InvalidIdentifier as exc:
+        except QueryFailure as exc:
             log.info("worklist query refused: %s", exc.comment)
             yield exc.as_status(), None
             return
-        except Exception as exc:  # an identifier pydicom cannot even parse
-            log.warning("worklist query could not be read: %s", exc)
-            yield InvalidIdentifier(STATUS_UNABLE_TO_PROCESS, f"identifier cannot be decoded: {exc}").as_status(), None
-            return
+        charset = station.answer_character_set if station else AnswerCharacterSet.UTF8
+        builder = ResponseBuilder(requested_fields(identifier), charset)
         status = query.status()
         if query.unsupported:
             log.info("worklist query: optional keys ignored for matching: %s", ", ".join(query.unsupported))
@@ -417,6 +419,9 @@ def handle_find(event: evt.Event):
                 yield STATUS_CANCEL, None
                 return
             yield status, PreparedResponse(builder, stored)
+    except DatabaseError as exc:  # locked, gone, timed out: say so, the listener carries on
+        log.error("worklist query failed in the database: %s", exc)
+        yield QueryFailure(STATUS_OUT_OF_RESOURCES, f"database unavailable: {exc}").as_status(), None
     finally:
         close_old_connections()
 
