@@ -33,7 +33,7 @@ def handle_ian(event: evt.Event) -> tuple:
     if not event.request.AffectedSOPInstanceUID:
         reply.AffectedSOPInstanceUID = workflow.new_uid()
     matched = arrival.record_arrivals(mpps.calling_actor(event), ArrivalSource.IAN, instances)
-    tasks.schedule_completeness_check(matched.values())
+    tasks.schedule_check_after_arrival(matched.values())
     return mpps.STATUS_SUCCESS, reply if "AffectedSOPInstanceUID" in reply else None
 
 

@@ -170,7 +170,7 @@ def _store(event: evt.Event) -> int:
     if forward.should_forward(session.actor.name):
         forward.queue_forward(sop_uid, str(path))
     if new_study:
-        tasks.schedule_completeness_check([exam_id])
+        tasks.schedule_check_after_arrival([exam_id])
     return STATUS_SUCCESS
 
 
@@ -213,7 +213,7 @@ def handle_association_end(event: evt.Event) -> None:
         session = _sessions.pop(id(event.assoc), None)
     if session is not None:
         try:
-            tasks.schedule_completeness_check(session.close())
+            tasks.schedule_check_after_arrival(session.close())
         except Exception:
             log.exception("closing the arrival session failed; the sweep will check its exams")
     connection.close()

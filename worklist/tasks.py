@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 
 from celery import shared_task
+from django.conf import settings
 
 from ris import workflow
 from ris.celery import app
@@ -46,6 +47,11 @@ def schedule_completeness_check(exam_ids: Iterable[int | None], countdown: float
             )
         except Exception:
             log.exception("could not queue the completeness check of exam %s; the sweep will", exam_id)
+
+
+def schedule_check_after_arrival(exam_ids: Iterable[int | None]) -> None:
+    """Images just arrived: nothing can be decided before the quiet period is over."""
+    schedule_completeness_check(exam_ids, countdown=settings.RIS_ARRIVAL_QUIET_SECONDS + RECHECK_MARGIN_SECONDS)
 
 
 def _settle(exam: RequestedProcedure) -> workflow.ArrivalDecision:
