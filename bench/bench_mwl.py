@@ -81,7 +81,7 @@ QUERIES = {
 
 def step_values(i: int, n: int) -> dict:
     days = max(10, n // 1000)
-    modality = MODALITIES[(i // 10) % 5]
+    modality = MODALITIES[(i // days) % 5]  # every day has every modality
     start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
         days=i % days, hours=7 + (i // days) % 12, minutes=(i * 7) % 60
     )
