@@ -130,6 +130,11 @@ def earlier_undelivered(message: OutboundMessage):
     ).exclude(status=OutboxStatus.DELIVERED)
 
 
+def unclaimed(now: dt.datetime) -> Q:
+    """Rows no live worker is sending (never claimed, or the claim of a dead worker expired)."""
+    return Q(claimed_until__isnull=True) | Q(claimed_until__lte=now)
+
+
 def claim_lease(destination: str) -> dt.timedelta:
     """How long a claimed row is left alone: longer than its send may take (connect + answer)."""
     timeout = settings.RIS_FHIR_TIMEOUT if CHANNELS.get(destination) == "fhir" else settings.RIS_OUTBOX_ACK_TIMEOUT
@@ -147,7 +152,8 @@ def claim(message_id: int) -> OutboundMessage | None:
     claimed = (
         OutboundMessage.objects.filter(pk=message_id, status=OutboxStatus.PENDING)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + DUE_TOLERANCE))
-        .update(next_attempt_at=now + claim_lease(message.destination), attempts=F("attempts") + 1)
+        .filter(unclaimed(now))
+        .update(claimed_until=now + claim_lease(message.destination), attempts=F("attempts") + 1)
     )
     if not claimed:
         return None
@@ -163,7 +169,11 @@ def backoff(attempts: int) -> float:
 
 def record_delivered(message: OutboundMessage) -> None:
     OutboundMessage.objects.filter(pk=message.pk).update(
-        status=OutboxStatus.DELIVERED, delivered_at=timezone.now(), next_attempt_at=None, last_error=""
+        status=OutboxStatus.DELIVERED,
+        delivered_at=timezone.now(),
+        next_attempt_at=None,
+        claimed_until=None,
+        last_error="",
     )
 
 
@@ -172,13 +182,13 @@ def record_failure(message: OutboundMessage, error: DeliveryError) -> float | No
     reason = f"attempt {message.attempts}: {error.reason}"[:2000]
     if not error.retry or message.attempts >= settings.RIS_OUTBOX_MAX_ATTEMPTS:
         OutboundMessage.objects.filter(pk=message.pk).update(
-            status=OutboxStatus.FAILED, next_attempt_at=None, last_error=reason
+            status=OutboxStatus.FAILED, next_attempt_at=None, claimed_until=None, last_error=reason
         )
         log.error("outbox: %s %s parked as FAILED: %s", message.destination, message.message_control_id, reason)
         return None
     delay = backoff(message.attempts)
     OutboundMessage.objects.filter(pk=message.pk).update(
-        next_attempt_at=timezone.now() + dt.timedelta(seconds=delay), last_error=reason
+        next_attempt_at=timezone.now() + dt.timedelta(seconds=delay), claimed_until=None, last_error=reason
     )
     log.warning("outbox: %s %s retry in %.1f s: %s", message.destination, message.message_control_id, delay, reason)
     return delay
@@ -224,6 +234,8 @@ def deliver_message(message_id: int) -> str:
         return "failed" if delay is None else "retrying"
     record_delivered(message)
     enqueue(next_in_line(message))
+    if message.attempts > 1 or message.last_error:
+        resume_channel(message.destination)
     return "delivered"
 
 
@@ -235,13 +247,31 @@ def deliver(message_id: int) -> str:
 # --- Sweep and operator retry ----------------------------------------------------------
 
 
-def due_heads() -> list[int]:
+def resume_channel(destination: str) -> None:
+    """The peer took a message after failures: rows of the same channel waiting for their backoff
+    are due now, so an outage ends for every row at once, not up to a maximum backoff later."""
+    now = timezone.now()
+    resumed = (
+        OutboundMessage.objects.filter(
+            status=OutboxStatus.PENDING, destination__in=channel_destinations(destination), next_attempt_at__gt=now
+        )
+        .filter(unclaimed(now))
+        .update(next_attempt_at=now)
+    )
+    if resumed:
+        log.info("outbox: %s is back, %d waiting message(s) resumed", CHANNELS.get(destination, destination), resumed)
+        enqueue(due_heads(channel_destinations(destination)))
+
+
+def due_heads(only: list[str] | None = None) -> list[int]:
     """PENDING rows whose time has come and that no earlier row of their exam holds back:
     the rows an outage may have left without a queued task."""
     now = timezone.now()
     heads: list[int] = []
     for channel in sorted(set(CHANNELS.values())):
         destinations = [d for d, c in CHANNELS.items() if c == channel]
+        if only is not None and not set(destinations) & set(only):
+            continue
         blocked = Exists(
             OutboundMessage.objects.filter(
                 requested_procedure_id=OuterRef("requested_procedure_id"),
@@ -252,6 +282,7 @@ def due_heads() -> list[int]:
         rows = (
             OutboundMessage.objects.filter(status=OutboxStatus.PENDING, destination__in=destinations)
             .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .filter(unclaimed(now))
             .filter(Q(requested_procedure__isnull=True) | ~blocked)
             .order_by("id")
             .values_list("id", flat=True)[:SWEEP_BATCH]
@@ -277,7 +308,7 @@ def retry_failed(messages: Iterable[OutboundMessage], actor=None) -> int:
     with transaction.atomic():
         rows = list(OutboundMessage.objects.select_for_update().filter(pk__in=ids, status=OutboxStatus.FAILED))
         OutboundMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
-            status=OutboxStatus.PENDING, attempts=0, next_attempt_at=None
+            status=OutboxStatus.PENDING, attempts=0, next_attempt_at=None, claimed_until=None
         )
         for row in rows:
             audit(

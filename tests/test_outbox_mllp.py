@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from ris import outbox, workflow
 from ris.models import OutboundMessage, OutboxStatus
@@ -228,3 +229,18 @@ def test_worker_killed_mid_delivery_the_message_is_delivered_after_restart(his, 
     with running(argv, env, tmp_path / "worker2.log"):
         assert wait_until(lambda: delivered(row), timeout=60)
     assert his.accepted == [row.message_control_id]
+
+
+def test_when_the_his_is_back_waiting_messages_go_at_once_not_after_their_backoff(his, outbox_env, tmp_path):
+    env = own_env(outbox_env, RIS_OUTBOX_RETRY_BASE_SECONDS="120", RIS_OUTBOX_RETRY_MAX_SECONDS="600")
+    his.down()
+    with publishing_to(env), running(worker_argv("patient"), env, tmp_path / "worker.log"):
+        waiting = [row_of(sign(ready_exam())) for _ in range(3)]
+        assert wait_until(lambda: all(r.refresh_from_db() or r.attempts == 1 for r in waiting))
+        assert all(r.status == OutboxStatus.PENDING and r.next_attempt_at > timezone.now() for r in waiting)
+        his.up()
+        waiting[0].refresh_from_db()
+        OutboundMessage.objects.filter(pk=waiting[0].pk).update(next_attempt_at=timezone.now())
+        outbox.enqueue([waiting[0].pk])  # its retry comes first (e.g. an operator's sweep)
+        assert wait_until(lambda: all(delivered(r) for r in waiting), timeout=20)  # not 120 s later
+    assert sorted(his.accepted) == sorted(r.message_control_id for r in waiting)
