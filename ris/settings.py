@@ -321,6 +321,12 @@ RIS_HIS_STATUS_UPDATES = env("RIS_HIS_STATUS_UPDATES", "IP,CM,DC")
 # ORC-1 of those messages: SC (status changed, RAD-3 to the order placer) or XO (RAD-13 style).
 RIS_HIS_STATUS_ORDER_CONTROL = env("RIS_HIS_STATUS_ORDER_CONTROL", "SC")
 RIS_HIS_STATUS_VERSION = env("RIS_HIS_STATUS_VERSION", "2.3.1")
+# Countdown (ETA) tasks (the completeness re-check after the quiet period, outbox retries) wait
+# inside the worker unacknowledged. RabbitMQ raises the prefetch window for them; kombu's virtual
+# transports (the embedded SQLAlchemy broker) do not, so with a window of 1 per process two
+# waiting checks stall the worker (measured: scan-to-ready p50 7 s instead of 0.2 s for 20 exams).
+if CELERY_BROKER_URL.startswith("sqla+"):
+    CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("RIS_EMBEDDED_PREFETCH_MULTIPLIER", 16)
 
 # --- Modality Worklist (issue 4) ---------------------------------------------------
 
