@@ -177,7 +177,7 @@ def read_header(raw: bytes) -> Header:
     except er7.ER7Error as exc:
         raise Rejected("AR", HL7Error(ERR_DATA_TYPE, str(exc), "MSH", 2)) from None
     msh = head.split(delimiters.field)  # MSH-n at index n-1 (see ack.msh_field)
-    profile = sender_profile(msh_field(msh, 3), msh_field(msh, 4))
+    profile = sender_profile(_text(msh_field(msh, 3), 64), _text(msh_field(msh, 4), 64))
     charset = msh_field(msh, 18).split(delimiters.repetition)[0].strip().upper()
     charset = charset or profile.default_charset or settings.RIS_HL7_DEFAULT_CHARSET
     if charset.upper() not in CHARSETS:
@@ -201,6 +201,8 @@ def _decode(raw: bytes, header: Header) -> er7.Message:
         raise Rejected(
             "AE", HL7Error(ERR_DATA_TYPE, f"bytes not valid for MSH-18 ({charset}): {exc.reason}", "MSH", 18)
         ) from None
+    if "\x00" in text:
+        raise Rejected("AE", HL7Error(ERR_DATA_TYPE, "the message contains NUL (0x00) characters", "MSH"))
     try:
         return er7.Message.parse(text)
     except er7.ER7Error as exc:
@@ -267,11 +269,16 @@ def _previous_answer(entry: InboundMessage) -> InboundMessage | None:
     )
 
 
+def _text(value: str, limit: int | None = None) -> str:
+    """Text fit for any database column: no NUL (PostgreSQL refuses it)."""
+    return value.replace("\x00", "\ufffd")[:limit]
+
+
 def _note_header(entry: InboundMessage, msh: list[str]) -> None:
-    entry.sending_application = msh_field(msh, 3)[:64]
-    entry.sending_facility = msh_field(msh, 4)[:64]
-    entry.control_id = msh_field(msh, 10)[:64]
-    entry.message_type = msh_field(msh, 9)[:32]
+    entry.sending_application = _text(msh_field(msh, 3), 64)
+    entry.sending_facility = _text(msh_field(msh, 4), 64)
+    entry.control_id = _text(msh_field(msh, 10), 64)
+    entry.message_type = _text(msh_field(msh, 9), 32)
 
 
 def _finish(entry: InboundMessage, outcome: str, ack: bytes, error: str) -> None:
@@ -282,7 +289,7 @@ def _finish(entry: InboundMessage, outcome: str, ack: bytes, error: str) -> None
         message_type=entry.message_type,
         outcome=outcome,
         ack=ack,
-        error=error,
+        error=_text(error),
         processed_at=timezone.now(),
     )
 

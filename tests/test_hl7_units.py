@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hl7 import er7, mapping
 from hl7.inbound import handle_frame
 from hl7.mllp import END_BLOCK, START_BLOCK, FrameReader, FrameTooLarge
+from hl7.models import InboundMessage
 
 DATA = Path(__file__).parent / "data" / "hl7"
 
@@ -228,3 +229,15 @@ def test_generated_orders_and_patients_get_an_ack_never_an_exception(control, pi
         ]
     )
     assert_answered(handle_frame(message.encode("utf-8"), "fuzz:3"))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("where", ["PID|||P1||A\x00B", "MSH-3"])
+def test_nul_characters_are_refused_with_AE_and_journaled(where):
+    sender = "HIS\x00X" if where == "MSH-3" else "HIS"
+    pid = "PID|||P1||A^B" if where == "MSH-3" else where
+    message = f"MSH|^~\\&|{sender}|F|RIS|RAD|2026||ADT^A08|N1|P|2.5.1\r{pid}\r"
+    ack = handle_frame(message.encode(), "nul:1").decode()
+    assert "MSA|AE|N1|" in ack and "NUL" in ack
+    entry = InboundMessage.objects.get()
+    assert entry.outcome == "AE" and bytes(entry.raw) == message.encode()
