@@ -308,7 +308,6 @@ RIS_FHIR_SYSTEM_BASE = env("RIS_FHIR_SYSTEM_BASE", "urn:ris:" + RIS_FACILITY.low
 RIS_DICOMWEB_BASE_URL = env("RIS_DICOMWEB_BASE_URL")
 RIS_FHIR_PROFILES = dict(p.strip().split("=", 1) for p in env("RIS_FHIR_PROFILES").split(",") if "=" in p)
 
-
 # --- Exam tracking: MPPS, arrivals, completeness, status to the HIS (issue 5) -------------
 # Instances an MPPS lists that are still missing this long after it completed put the exam on
 # the QA list ("images missing"); the sweep re-checks completed exams every SWEEP seconds.
@@ -327,48 +326,3 @@ RIS_HIS_STATUS_VERSION = env("RIS_HIS_STATUS_VERSION", "2.3.1")
 # waiting checks stall the worker (measured: scan-to-ready p50 7 s instead of 0.2 s for 20 exams).
 if CELERY_BROKER_URL.startswith("sqla+"):
     CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("RIS_EMBEDDED_PREFETCH_MULTIPLIER", 16)
-
-# --- Modality Worklist (issue 4) ---------------------------------------------------
-
-# Step statuses a worklist query can see (SCHEDULED always; add ARRIVED,STARTED if consoles
-# should still see steps after arrival or start).
-RIS_MWL_VISIBLE_STATUSES = [s.strip().upper() for s in env("RIS_MWL_VISIBLE_STATUSES", "SCHEDULED").split(",")]
-# Patient's Name matching: "fold" = case- and accent-insensitive (Nguyen matches Nguyễn),
-# "exact" = case- and accent-sensitive literal matching (PS3.4 C.2.2.2.1 leaves PN to us).
-RIS_MWL_PN_MATCHING = env("RIS_MWL_PN_MATCHING", "fold").strip().lower()
-
-# --- Web UI (issue 7) ------------------------------------------------------------
-
-import datetime as _dt  # noqa: E402
-
-INSTALLED_APPS += ["web", "axes"]
-# Local times everywhere in the UI; idle sessions end; axes answers locked-out logins (last).
-MIDDLEWARE += [
-    "web.middleware.SiteTimeZoneMiddleware",
-    "web.middleware.IdleTimeoutMiddleware",
-    "axes.middleware.AxesMiddleware",
-]
-# Axes only counts and refuses; ModelBackend authenticates.
-AUTHENTICATION_BACKENDS = ["web.auth.ThrottledLoginBackend", "django.contrib.auth.backends.ModelBackend"]
-TEMPLATES[0]["OPTIONS"]["context_processors"] += [
-    "django.template.context_processors.i18n",
-    "web.context.navigation",
-]
-LOGIN_URL = "/login/"
-LOGIN_REDIRECT_URL = "/"
-LOGOUT_REDIRECT_URL = "/login/"
-LOCALE_PATHS = [BASE_DIR / "web" / "locale"]
-# A session lasts at most a shift and ends after RIS_SESSION_IDLE_SECONDS without a click.
-SESSION_COOKIE_AGE = env_int("RIS_SESSION_MAX_SECONDS", 12 * 3600)
-SESSION_COOKIE_HTTPONLY = True
-CSRF_COOKIE_HTTPONLY = True  # htmx takes the token from the page, not the cookie
-RIS_SESSION_IDLE_SECONDS = env_int("RIS_SESSION_IDLE_SECONDS", 30 * 60)
-RIS_UI_POLL_SECONDS = env_int("RIS_UI_POLL_SECONDS", 5)
-# Login throttling (django-axes): RIS_LOGIN_FAILURE_LIMIT failures of one user name from one
-# address lock that pair out for RIS_LOGIN_COOLOFF_MINUTES.
-AXES_FAILURE_LIMIT = env_int("RIS_LOGIN_FAILURE_LIMIT", 5)
-AXES_COOLOFF_TIME = _dt.timedelta(minutes=env_int("RIS_LOGIN_COOLOFF_MINUTES", 15))
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
-AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_TEMPLATE = "web/locked_out.html"
-AXES_VERBOSE = False
