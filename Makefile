@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-postgres lint bench clean
+.PHONY: install run test test-postgres lint bench clean faults fuzz
 
 install: $(STAMP)
 
@@ -30,3 +30,8 @@ bench: install
 
 clean:
 	rm -rf var/*.sqlite3* var/celerybeat-schedule* .pytest_cache
+
+# Issue 9: the fault-injection suite in full against PostgreSQL + RabbitMQ (prints the table).
+FAULTS_ENV ?= DATABASE_URL=postgres://postgres@127.0.0.1:5432/ris CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//
+faults: install
+	$(FAULTS_ENV) FAULTS_FULL=1 $(PY) -m pytest tests/test_faults.py -s -p no:warnings $(PYTEST_ARGS)
