@@ -6,6 +6,11 @@ ratios ours/peer, links to plots it saved under docs/benchmarks/). Benchmarks ru
 and the independent peer side by side in the same run; ratios are the headline, absolute
 times are context. `--quick` makes every benchmark small enough for a smoke run;
 `--only NAME` runs the named ones.
+
+The independent peers come from Debian packages, installed here when missing (as root, or
+through `sudo -n`): DCMTK (findscu, storescu, wlmscpfs, storescp) and Orthanc, whose package
+ships the ModalityWorklists plugin. A peer that cannot be installed is reported, and the
+benchmarks that need it say they skipped it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import datetime as dt
 import importlib.util
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -25,19 +31,68 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ris.settings")
 
 
+# Debian package -> the files that show it is installed.
+PEER_PACKAGES = {
+    "dcmtk": ["/usr/bin/findscu", "/usr/bin/storescu", "/usr/bin/wlmscpfs", "/usr/bin/storescp"],
+    "orthanc": ["/usr/sbin/Orthanc", "/usr/share/orthanc/plugins/libModalityWorklists.so"],
+}
+
+
+def apt_prefix() -> list[str] | None:
+    if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        return ["sudo", "-n"]
+    return None
+
+
+def ensure_peers() -> None:
+    """Install the Debian packages of the peers that are missing (apt-get, non-interactive)."""
+    missing = [pkg for pkg, files in PEER_PACKAGES.items() if not all(Path(f).exists() for f in files)]
+    if not missing:
+        return
+    prefix = apt_prefix()
+    if prefix is None or shutil.which("apt-get") is None:
+        print(f"peers missing and not installable here (need root and apt-get): {' '.join(missing)}", flush=True)
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"installing peers from Debian: {' '.join(missing)}", flush=True)
+    subprocess.run([*prefix, "apt-get", "update", "-q"], env=env, check=False)
+    result = subprocess.run([*prefix, "apt-get", "install", "-y", "-q", *missing], env=env, check=False)
+    if result.returncode != 0:
+        print(f"apt-get install {' '.join(missing)} failed ({result.returncode})", flush=True)
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return f"{argv[0]}: not installed"
+    out = (result.stdout or result.stderr).strip()
+    return out.splitlines()[0] if out else f"{argv[0]}: ?"
+
+
 def machine() -> str:
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
-    versions = []
-    for tool, args in (("findscu", ["--version"]), ("psql", ["--version"])):
+    versions = [first_line(["findscu", "--version"]), first_line(["Orthanc", "--version"])]
+    versions.append(first_line(["psql", "--version"]))
+    rabbit = first_line(["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"])
+    versions.append(f"rabbitmq-server {rabbit}")
+    packages = []
+    for name in ("django", "pynetdicom", "pydicom", "celery"):
         try:
-            out = subprocess.run([tool, *args], capture_output=True, text=True, timeout=10).stdout
-            versions.append(out.strip().splitlines()[0] if out.strip() else f"{tool}: ?")
-        except (OSError, subprocess.TimeoutExpired):
-            versions.append(f"{tool}: not installed")
+            from importlib.metadata import version
+
+            packages.append(f"{name} {version(name)}")
+        except Exception:
+            packages.append(f"{name} ?")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return (
         f"- {os.cpu_count()} cores, {mem_kb / 1024 / 1024:.1f} GiB memory, {platform.platform()}\n"
-        f"- Python {platform.python_version()}; " + "; ".join(versions)
+        f"- Python {platform.python_version()}; " + "; ".join(packages) + "\n"
+        "- Peers: " + "; ".join(versions) + "\n"
+        f"- Load average at start: {load}"
     )
 
 
@@ -45,7 +100,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", action="append", default=[])
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install missing peers")
     args = parser.parse_args()
+    if not args.no_install:
+        ensure_peers()
+    (ROOT / "docs" / "benchmarks").mkdir(parents=True, exist_ok=True)
     modules = sorted((ROOT / "bench").glob("bench_*.py"))
     if args.only:
         modules = [m for m in modules if any(name in m.stem for name in args.only)]
@@ -56,7 +115,11 @@ def main() -> int:
         spec.loader.exec_module(module)
         started = time.monotonic()
         print(f"== {path.stem}", flush=True)
-        sections.append(module.run(quick=args.quick).rstrip() + "\n")
+        try:
+            sections.append(module.run(quick=args.quick).rstrip() + "\n")
+        except Exception as exc:  # one broken benchmark must not lose the others' figures
+            print(f"   {path.stem} failed: {exc!r}", flush=True)
+            sections.append(f"## {path.stem}\n\nFailed in this run: `{exc!r}`\n")
         print(f"   done in {time.monotonic() - started:.0f} s", flush=True)
     if not sections:
         print("no benchmark modules in bench/")
