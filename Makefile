@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-postgres lint bench clean faults fuzz
+.PHONY: install run test test-postgres lint bench bench-quick clean faults fuzz
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ lint: install
 
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf var/*.sqlite3* var/celerybeat-schedule* .pytest_cache
