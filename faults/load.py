@@ -20,7 +20,14 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
 STATUS_DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4.2: N-CREATE of an instance that exists
-STATUS_INVALID_OBJECT_STATE = 0x0110  # N-SET after COMPLETED: a retried N-SET that already won
+STATUS_PROCESSING_FAILURE = 0x0110  # with Error ID A710: N-SET after COMPLETED (a retry that already won)
+ERROR_ID_FINAL_STATE = 0xA710
+
+
+def transient(status: int) -> bool:
+    """The load's datasets are valid, so a processing failure or out-of-resources answer can
+    only come from the fault (e.g. the database restarting): a modality retries it."""
+    return status == STATUS_PROCESSING_FAILURE or 0xA700 <= status <= 0xA7FF or 0xC000 <= status <= 0xCFFF
 
 
 @dataclass
@@ -127,7 +134,7 @@ def _associate(port: int, calling: str, context: str):
     return assoc
 
 
-def _dimse(port: int, calling: str, context: str, call: Callable) -> int:
+def _dimse(port: int, calling: str, context: str, call: Callable):
     assoc = _associate(port, calling, context)
     try:
         status = call(assoc)
@@ -136,7 +143,7 @@ def _dimse(port: int, calling: str, context: str, call: Callable) -> int:
             assoc.release()
     if status is None or "Status" not in status:
         raise ConnectionError("no response")
-    return int(status.Status)
+    return status
 
 
 class ModalityLoad(threading.Thread):
@@ -151,13 +158,17 @@ class ModalityLoad(threading.Thread):
         self.in_association = threading.Event()  # set while a C-STORE association is open
 
     def _create(self, ds, uid) -> str:
-        status = _dimse(
-            self.port(),
-            self.calling,
-            ModalityPerformedProcedureStep,
-            lambda a: a.send_n_create(ds, ModalityPerformedProcedureStep, uid)[0],
+        status = int(
+            _dimse(
+                self.port(),
+                self.calling,
+                ModalityPerformedProcedureStep,
+                lambda a: a.send_n_create(ds, ModalityPerformedProcedureStep, uid)[0],
+            ).Status
         )
-        return "ok" if status in (0x0000, STATUS_DUPLICATE_SOP_INSTANCE) else f"0x{status:04X}"
+        if status in (0x0000, STATUS_DUPLICATE_SOP_INSTANCE):
+            return "ok"
+        return "retry" if transient(status) else f"0x{status:04X}"
 
     def _store(self, files: list[Path]) -> str:
         assoc = _associate(self.port(), self.calling, CTImageStorage)
@@ -168,7 +179,7 @@ class ModalityLoad(threading.Thread):
                 if status is None or "Status" not in status:
                     raise ConnectionError("no C-STORE response")
                 if int(status.Status) != 0x0000:
-                    return f"0x{int(status.Status):04X}"
+                    return "retry" if transient(int(status.Status)) else f"0x{int(status.Status):04X}"
                 time.sleep(0.05)  # a modality sends images over a while: room for a fault mid-association
         finally:
             self.in_association.clear()
@@ -177,13 +188,16 @@ class ModalityLoad(threading.Thread):
         return "ok"
 
     def _complete(self, ds, uid) -> str:
-        status = _dimse(
+        answer = _dimse(
             self.port(),
             self.calling,
             ModalityPerformedProcedureStep,
             lambda a: a.send_n_set(ds, ModalityPerformedProcedureStep, uid)[0],
         )
-        return "ok" if status in (0x0000, STATUS_INVALID_OBJECT_STATE) else f"0x{status:04X}"
+        status = int(answer.Status)
+        if status == 0x0000 or (status == STATUS_PROCESSING_FAILURE and answer.get("ErrorID") == ERROR_ID_FINAL_STATE):
+            return "ok"
+        return "retry" if transient(status) else f"0x{status:04X}"
 
     def run(self) -> None:
         for exam, create_ds, files, complete_ds, uid in self.exams:

@@ -59,6 +59,9 @@ def exams_ready(figures: Figures, modality) -> None:
 
     done = [exam for exam, *_ in modality.exams if modality.tally.outcomes.get(exam.accession_number) == "ok"]
     figures.check("MPPS+C-STORE exams completed by the modality", len(done), len(modality.exams))
+    failed = {k: v for k, v in modality.tally.outcomes.items() if v != "ok" and ":" in k}
+    if failed:
+        figures.notes.append(f"modality answers that were not success: {failed}")
     ready = RequestedProcedure.objects.filter(pk__in=[e.pk for e in done], status=ExamStatus.READY_FOR_READING)
     figures.check("completed exams READY_FOR_READING", ready.count(), len(done))
 

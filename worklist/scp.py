@@ -17,6 +17,7 @@ import threading
 from django.conf import settings
 from django.db import close_old_connections
 from pynetdicom import AE, evt
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import Verification
 
 from worklist.models import Modality
@@ -25,6 +26,27 @@ log = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ: rejected-permanent, DUL service-user, calling AE title not recognised.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+# --- robustness against malformed DIMSE commands (issue 9) ---
+# pynetdicom 3.0.4 decodes P-DATA inside the state machine, outside the reactor's try: a command
+# set without CommandField raises there, kills the association's reactor thread and leaves the
+# association counted against maximum_associations until network_timeout (found by
+# tests/test_fuzz_dicom.py: 32 such PDUs refused every later association). Treat it as the
+# invalid PDU it is (Evt19: A-ABORT and close), as pynetdicom already does for invalid messages.
+_receive_primitive = DIMSEServiceProvider.receive_primitive
+
+
+def _receive_primitive_or_abort(self: DIMSEServiceProvider, primitive) -> None:
+    try:
+        _receive_primitive(self, primitive)
+    except Exception:
+        log.warning("undecodable DIMSE message: association aborted", exc_info=True)
+        self.message = None
+        self.dul.event_queue.put("Evt19")
+
+
+DIMSEServiceProvider.receive_primitive = _receive_primitive_or_abort
 
 
 def calling_ae_allowed(ae_title: str) -> bool:

@@ -1,0 +1,223 @@
+"""Fuzzing the live DICOM SCP (issue 9): malformed PDUs over raw sockets (truncated, bit-flipped
+A-ASSOCIATE-RQ, garbage P-DATA after an accepted association) and malformed DIMSE requests
+through pynetdicom (identifiers with wrong VRs and bad values, wrong SOP classes). Every request
+must be answered or the connection cleanly closed within a few seconds, `rundicom` must still
+run, and a C-ECHO afterwards must succeed.
+
+CI sends a few hundred; `make fuzz` (FUZZ_FULL=1) sends over a thousand."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import time
+
+import pytest
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    Verification,
+)
+
+from tests.test_mpps_scp import register_station
+
+pytestmark = pytest.mark.live
+
+FULL = os.environ.get("FUZZ_FULL") == "1"
+RAW_CASES = 1000 if FULL else 150
+DIMSE_CASES = 200 if FULL else 40
+ANSWER_SECONDS = 10.0
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+
+
+def _item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(value)) + value
+
+
+def associate_rq(calling: str = "CT1", called: str = "RIS", abstract: str = Verification) -> bytes:
+    """A well-formed A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) proposing one presentation context."""
+    context = struct.pack(">BBBB", 1, 0, 0, 0) + _item(0x30, abstract.encode()) + _item(0x40, IMPLICIT_VR_LE.encode())
+    user = _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.9.9")
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called.ljust(16).encode()
+        + calling.ljust(16).encode()
+        + bytes(32)
+        + _item(0x10, APPLICATION_CONTEXT.encode())
+        + _item(0x20, context)
+        + _item(0x50, user)
+    )
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def p_data(payload: bytes, context_id: int = 1, control: int = 0x03) -> bytes:
+    """A P-DATA-TF PDU with one PDV (control 0x03: last fragment of a command)."""
+    pdv = struct.pack(">IBB", len(payload) + 2, context_id, control) + payload
+    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+
+
+def exchange(port: int, *chunks: bytes, wait_for_ac: bool = False) -> str:
+    """Send `chunks` (after an A-ASSOCIATE-AC if wait_for_ac), half-close, and read until the SCP
+    answers and closes. Returns "answered", "closed" or raises if it hangs."""
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_SECONDS) as sock:
+        if wait_for_ac:
+            sock.sendall(chunks[0])
+            first = sock.recv(10)
+            if first[:1] == b"\x03":  # A-ASSOCIATE-RJ: every association slot is taken (see below)
+                return "busy"
+            assert first[:1] == b"\x02", f"valid A-ASSOCIATE-RQ not answered: {first!r}"
+            length = struct.unpack(">I", first[2:6])[0] - 4
+            while length > 0:
+                length -= len(sock.recv(length))
+            chunks = chunks[1:]
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            return "closed"
+        got = b""
+        deadline = time.monotonic() + ANSWER_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                return "closed"
+            except TimeoutError:
+                break
+            if not data:
+                return "answered" if got else "closed"
+            got += data
+        raise AssertionError(f"SCP neither answered nor closed within {ANSWER_SECONDS} s ({got[:20]!r})")
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    data = bytearray(data)
+    kind = rng.randrange(4)
+    if kind == 0:  # truncated
+        return bytes(data[: rng.randrange(1, len(data))])
+    if kind == 1:  # flipped bytes
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        return bytes(data)
+    if kind == 2:  # a lying length field
+        data[2:6] = struct.pack(">I", rng.choice([0, 1, len(data) * 3, 0xFFFFFFFF]))
+        return bytes(data)
+    return bytes(rng.randbytes(rng.randint(1, 300)))  # noise
+
+
+@pytest.fixture
+def scp(dicom_scp, ris_env):
+    register_station("CT1")
+    return dicom_scp[1]
+
+
+def scp_is_healthy(port: int, within: float = 45.0) -> bool:
+    """A C-ECHO succeeds. Aborted associations hold their slot until the ARTIM timer (the ACSE
+    timeout, 30 s) expires in pynetdicom 3.0.4, so a burst of malformed connections can fill
+    RIS_DICOM_MAX_ASSOCIATIONS for that long: allow it to drain."""
+    deadline = time.monotonic() + within
+    while not echo(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
+
+
+def echo(port: int) -> bool:
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RIS")
+    try:
+        return assoc.is_established and assoc.send_c_echo().Status == 0x0000
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_malformed_pdus_are_answered_or_closed_and_the_scp_stays_up(scp, dicom_scp):
+    rng = random.Random(9)
+    outcomes = {"answered": 0, "closed": 0, "busy": 0}
+    valid = associate_rq()
+    for n in range(RAW_CASES):
+        if n % 3 == 2:  # an accepted association, then a malformed command
+            command = mutate(rng, bytes(rng.randbytes(rng.randint(0, 200))) or b"\x00")
+            outcomes[exchange(scp, valid, p_data(command, rng.choice([1, 3, 255])), wait_for_ac=True)] += 1
+        else:
+            outcomes[exchange(scp, mutate(rng, valid))] += 1
+    assert sum(outcomes.values()) == RAW_CASES
+    assert outcomes["answered"] + outcomes["closed"] > RAW_CASES // 2, outcomes
+    assert scp_is_healthy(scp)
+
+
+def _bad_identifier(rng: random.Random) -> Dataset:
+    """An MWL identifier with a wrong VR, a bad value, or an over-long/illegal string."""
+    ds = Dataset()
+    ds.PatientName = "*"
+    step = Dataset()
+    choice = rng.randrange(6)
+    if choice == 0:
+        ds.add(DataElement(0x00100010, "US", rng.randrange(65535)))  # PatientName as US
+    elif choice == 1:
+        step.ScheduledProcedureStepStartDate = rng.choice(["2026-13-45", "abcdefgh", "20261301-", "-" * 40])
+    elif choice == 2:
+        ds.PatientID = "X" * rng.choice([65, 1000, 20000])
+    elif choice == 3:
+        ds.StudyInstanceUID = rng.choice(["not.a.uid", "1." * 40, "\\".join(["1.2"] * 50), "é"])
+    elif choice == 4:
+        step.add(DataElement(0x00400001, "OB", rng.randbytes(rng.randint(1, 64))))  # AE title as OB
+    else:
+        ds.add(DataElement(0x00400100, "SQ", [Dataset(), Dataset()]))  # two items where one is allowed
+        return ds
+    ds.ScheduledProcedureStepSequence = [step]
+    return ds
+
+
+def test_bad_identifiers_and_wrong_sop_classes_get_failure_statuses_not_crashes(scp, dicom_scp):
+    rng = random.Random(99)
+    answered = 0
+    for n in range(DIMSE_CASES):
+        ae = AE(ae_title="CT1")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ANSWER_SECONDS
+        for context in (ModalityWorklistInformationFind, ModalityPerformedProcedureStep, CTImageStorage):
+            ae.add_requested_context(context)
+        assoc = ae.associate("127.0.0.1", scp, ae_title="RIS")
+        assert assoc.is_established
+        try:
+            kind = n % 3
+            if kind == 0:
+                statuses = [s for s, _ in assoc.send_c_find(_bad_identifier(rng), ModalityWorklistInformationFind)]
+                answered += bool(statuses) and all(s is not None and "Status" in s for s in statuses)
+            elif kind == 1:  # an image with bad identifiers (UIDs, wrong VR)
+                ds = Dataset()
+                ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, rng.choice([generate_uid(), "1.2.x", "1.02.3"])
+                ds.StudyInstanceUID = rng.choice([generate_uid(), "bad uid", ""])
+                ds.add(DataElement(0x00080050, *rng.choice([("US", 7), ("SH", "A" * 40)])))  # Accession as US
+                ds.file_meta = FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+                status = assoc.send_c_store(ds)
+                answered += status is not None and "Status" in status
+            else:  # N-SET of an MPPS that does not exist, with garbage attributes
+                ds = Dataset()
+                ds.add(DataElement(0x00400252, "CS", rng.choice(["", "WHATEVER", "x" * 100])))
+                status, _ = assoc.send_n_set(ds, ModalityPerformedProcedureStep, generate_uid())
+                answered += status is not None and "Status" in status and status.Status != 0x0000
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    assert answered == DIMSE_CASES
+    assert scp_is_healthy(scp)
+
+
+def test_association_proposing_only_unsupported_sop_classes_is_answered_or_closed(scp):
+    rq = associate_rq(abstract="1.2.3.4.5.6.7.8.9")  # no such SOP class
+    assert exchange(scp, rq) in ("answered", "closed")
+    assert scp_is_healthy(scp)
