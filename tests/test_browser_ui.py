@@ -38,7 +38,7 @@ if not ris_browser.chromium_available():
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-TIMEOUT_MS = 15_000
+TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ def chromium_available() -> bool:
 
 
 def launch(playwright):
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    # A generous launch timeout: CI machines are small and busy.
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=120_000)
 
 
 def log_in(page, base_url: str, username: str, password: str) -> None:
