@@ -42,6 +42,7 @@ class Stack:
     mllp: list[int]
     dicom: list[int]
     worker_logs: list[Path]
+    broker: str
 
 
 def worker_argv(name: str) -> list[str]:
@@ -68,7 +69,7 @@ def stack(ris_env, tmp_path) -> Iterator[Stack]:
             processes.enter_context(running(manage("rundicom"), env, tmp_path / f"dicom{i}.log", port))
         for i, log in enumerate(logs):
             processes.enter_context(running(worker_argv(f"scale{i}"), ris_env, log))
-        yield Stack(mllp, dicom, logs)
+        yield Stack(mllp, dicom, logs, ris_env["CELERY_BROKER_URL"])
 
 
 # --- independent peers ------------------------------------------------------------------------
@@ -262,5 +263,6 @@ def test_arrivals_split_over_both_scps_make_each_exam_ready_once(stack, tmp_path
     for exam, _, _, sops, _ in scans:
         assert Instance.objects.filter(sop_instance_uid__in=sops).count() == IMAGES
         assert ready_events(exam) == 1
-    busy = [log for log in stack.worker_logs if "check_completeness" in log.read_text(errors="replace")]
-    assert len(busy) >= 2, "the completeness checks should be spread over the workers"
+    if stack.broker.startswith("amqp"):  # RabbitMQ deals tasks round robin; the embedded broker polls
+        counts = [log.read_text(errors="replace").count("check_completeness") for log in stack.worker_logs]
+        assert sum(1 for c in counts if c) >= 2, f"completeness checks per worker: {counts}"
