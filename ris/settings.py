@@ -326,3 +326,12 @@ RIS_HIS_STATUS_VERSION = env("RIS_HIS_STATUS_VERSION", "2.3.1")
 # waiting checks stall the worker (measured: scan-to-ready p50 7 s instead of 0.2 s for 20 exams).
 if CELERY_BROKER_URL.startswith("sqla+"):
     CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("RIS_EMBEDDED_PREFETCH_MULTIPLIER", 16)
+
+# --- Security: DICOM TLS, audit syslog (issue 9) ------------------------------------------
+# DICOM over TLS (PS3.15 B.1 Secure Transport Connection Profile): both set turns TLS on for the
+# whole SCP port. With a CA file, modalities must present a certificate signed by it.
+RIS_DICOM_TLS_CERT = env("RIS_DICOM_TLS_CERT")
+RIS_DICOM_TLS_KEY = env("RIS_DICOM_TLS_KEY")
+RIS_DICOM_TLS_CA = env("RIS_DICOM_TLS_CA")
+# host:port of an RFC 5424 syslog collector (UDP) that receives every audit event; unset: none.
+RIS_AUDIT_SYSLOG = env("RIS_AUDIT_SYSLOG")

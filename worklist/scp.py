@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import socket
+import ssl
 import threading
 
 from django.conf import settings
@@ -105,12 +106,27 @@ def build_ae() -> tuple[AE, list[tuple]]:
     return ae, handlers
 
 
+def tls_context() -> ssl.SSLContext | None:
+    """TLS for the SCP port from RIS_DICOM_TLS_CERT/KEY (issue 9); with RIS_DICOM_TLS_CA the
+    calling side must present a certificate that CA signed (PS3.15 B.1, BCP 195: TLS 1.2+)."""
+    if not (settings.RIS_DICOM_TLS_CERT and settings.RIS_DICOM_TLS_KEY):
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.RIS_DICOM_TLS_CERT, settings.RIS_DICOM_TLS_KEY)
+    if settings.RIS_DICOM_TLS_CA:
+        context.load_verify_locations(settings.RIS_DICOM_TLS_CA)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def serve(stop: threading.Event | None = None) -> None:
     """Run the SCP until `stop` is set (or forever)."""
     ae, handlers = build_ae()
     address = (settings.RIS_BIND, settings.RIS_DICOM_PORT)
-    server = ae.start_server(address, block=False, evt_handlers=handlers)
-    log.info("DICOM SCP %s listening on %s:%s", settings.RIS_AE_TITLE, *address)
+    context = tls_context()
+    server = ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=context)
+    log.info("DICOM SCP %s listening on %s:%s%s", settings.RIS_AE_TITLE, *address, " (TLS)" if context else "")
     try:
         (stop or threading.Event()).wait()
     finally:
