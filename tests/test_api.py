@@ -148,9 +148,9 @@ def test_ui_pages_need_login():
 
 def test_roles_carry_their_permissions():
     def perms(role):
-        user = User.objects.create_user(f"p-{role}", password="x-Long-pass-1")
+        user, _ = User.objects.get_or_create(username=f"p-{role}")
         user.groups.add(Group.objects.get(name=role))
-        return User.objects.get(pk=user.pk)
+        return User.objects.get(pk=user.pk)  # fresh instance: empty permission cache
 
     assert perms("radiologist").has_perm("ris.sign_report")
     assert not perms("scheduler").has_perm("ris.sign_report")

@@ -156,7 +156,7 @@ def test_user_and_apitoken_commands(ris_env):
 
 
 def test_seed_demo_builds_a_day_and_is_idempotent(ris_env):
-    from ris.models import ExamStatus, Patient, RequestedProcedure
+    from ris.models import ExamStatus, Patient, ProcedureType, RequestedProcedure
 
     assert run_manage(ris_env, "seed_demo").returncode == 0
     assert Patient.objects.count() == 40
@@ -165,6 +165,8 @@ def test_seed_demo_builds_a_day_and_is_idempotent(ris_env):
     assert RequestedProcedure.objects.filter(status=ExamStatus.ORDERED).exists()
     scheduled = RequestedProcedure.objects.filter(status=ExamStatus.SCHEDULED).count()
     assert scheduled > 30
+    assert ProcedureType.objects.filter(modality="MR").count() == 3
+    assert Modality.objects.get(ae_title="CT1").opens_at.hour == 7
     assert run_manage(ris_env, "seed_demo").returncode == 0
     assert RequestedProcedure.objects.count() == 40
 

@@ -1,8 +1,9 @@
 """`manage.py seed_demo`: a realistic demo day built through the workflow core.
 
 About 40 patients (many Vietnamese, in UTF-8), orders across CT, MR, US and CR scheduled
-through today in RIS_TIME_ZONE, a few left ORDERED for a scheduler, and the modalities to
-run them on. Re-running adds nothing twice (patients and placer numbers are keyed).
+through today in RIS_TIME_ZONE, a few left ORDERED for a scheduler, the modalities (rooms,
+open 07:00-17:00) to run them on, and the procedure catalogue. Re-running adds nothing
+twice (patients and placer numbers are keyed).
 """
 
 import datetime as dt
@@ -13,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ris import workflow
-from ris.models import ImagingOrder, Priority
+from ris.models import ImagingOrder, Priority, ProcedureType
 from ris.timeutil import site_zone
 from worklist.models import Modality
 
@@ -37,6 +38,8 @@ PROCEDURES = {
     "US": [("USABD", "US abdomen complete"), ("USTHYR", "US thyroid"), ("USOB", "US obstetric")],
     "CR": [("CRCHEST", "XR chest PA and lateral"), ("CRHAND", "XR hand right"), ("CRKNEE", "XR knee both")],
 }
+MINUTES = {"CT": 20, "MR": 40, "US": 20, "CR": 10}
+OPENS, CLOSES = dt.time(7, 0), dt.time(17, 0)
 FAMILY = [
     "Nguyễn",
     "Trần",
@@ -104,9 +107,15 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         rng = random.Random(options["seed"])
         for ae, modality, station, location in MODALITIES:
-            Modality.objects.get_or_create(
-                ae_title=ae, defaults={"modality": modality, "station_name": station, "location": location}
-            )
+            room = {"modality": modality, "station_name": station, "location": location}
+            Modality.objects.get_or_create(ae_title=ae, defaults={**room, "opens_at": OPENS, "closes_at": CLOSES})
+        for modality, procedures in PROCEDURES.items():
+            for code, description in procedures:
+                ProcedureType.objects.get_or_create(
+                    code=code,
+                    scheme="LOCAL",
+                    defaults={"description": description, "modality": modality, "duration_minutes": MINUTES[modality]},
+                )
         today = timezone.now().astimezone(site_zone()).date()
         slots = {m: dt.datetime.combine(today, dt.time(7, 30), tzinfo=site_zone()) for _, m, _, _ in MODALITIES}
         actor = workflow.Actor("system", "seed_demo")
@@ -121,7 +130,7 @@ class Command(BaseCommand):
             start = None
             if n % 9 != 0:  # every ninth order waits for a scheduler
                 start = slots[modality]
-                slots[modality] += dt.timedelta(minutes={"CT": 20, "MR": 40, "US": 20, "CR": 10}[modality])
+                slots[modality] += dt.timedelta(minutes=MINUTES[modality])
             step = workflow.StepRequest(
                 modality=modality,
                 start=start,
