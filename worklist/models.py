@@ -1,5 +1,7 @@
 """The modality registry: the DICOM application entities allowed to talk to the RIS."""
 
+import socket
+
 from django.db import models
 
 
@@ -31,6 +33,10 @@ class Modality(models.Model):
         default=False,
         help_text="worklist queries with an empty Scheduled Station AE Title return only this station's steps",
     )
+    # Access control (issue 9): this AE title (and its aliases) is accepted only from `host`.
+    bind_to_host = models.BooleanField(
+        default=False, help_text="accept associations with this AE title only from the address of `host`"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -45,6 +51,17 @@ class Modality(models.Model):
     def station_ae_titles(self) -> list[str]:
         """The AE titles this console answers to: its own and its aliases."""
         return [self.ae_title, *self.aliases.values_list("ae_title", flat=True)]
+
+    def accepts_address(self, address: str) -> bool:
+        """Whether an association from `address` may use this AE title: any address unless the
+        modality is bound to its host, else only the addresses `host` resolves to."""
+        if not (self.bind_to_host and self.host):
+            return True
+        try:
+            resolved = {info[4][0] for info in socket.getaddrinfo(self.host, None)}
+        except OSError:
+            return False  # a bound host that does not resolve admits no one
+        return address in resolved
 
     @classmethod
     def for_calling_ae(cls, ae_title: str) -> "Modality | None":

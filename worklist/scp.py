@@ -50,12 +50,28 @@ def _receive_primitive_or_abort(self: DIMSEServiceProvider, primitive) -> None:
 DIMSEServiceProvider.receive_primitive = _receive_primitive_or_abort
 
 
-def calling_ae_allowed(ae_title: str) -> bool:
-    if settings.RIS_DICOM_ALLOW_ANY_AE:
-        return True
+def calling_ae_allowed(ae_title: str, address: str = "") -> bool:
+    """A registered, enabled AE title (its own or an alias), from its host if it is bound to one
+    (issue 9); unknown titles only with RIS_DICOM_ALLOW_ANY_AE, which never lifts a host binding."""
     close_old_connections()
     try:
-        return Modality.for_calling_ae(ae_title) is not None  # its own AE title or an alias
+        modality = Modality.for_calling_ae(ae_title)
+        if modality is None:
+            return settings.RIS_DICOM_ALLOW_ANY_AE
+        return modality.accepts_address(address)
+    finally:
+        close_old_connections()
+
+
+def _audit_refusal(calling: str, address: str) -> None:
+    """A refused association is a security event (PS3.15 A.5.3.8 Security Alert): record it."""
+    from ris.workflow import Actor, audit
+
+    close_old_connections()
+    try:
+        audit(Actor.for_ae(calling, address), "dicom.association_refused", outcome="failure", reason="calling AE")
+    except Exception:  # the refusal must go out even if the database is away
+        log.exception("could not audit the refused association from %s", address)
     finally:
         close_old_connections()
 
@@ -63,8 +79,9 @@ def calling_ae_allowed(ae_title: str) -> bool:
 def handle_requested(event: evt.Event) -> None:
     calling = event.assoc.requestor.primitive.calling_ae_title.strip()
     address = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
-    if not calling_ae_allowed(calling):
-        log.warning("association from %s refused: calling AE %r is not a registered modality", address, calling)
+    if not calling_ae_allowed(calling, event.assoc.requestor.address):
+        log.warning("association from %s refused: calling AE %r is not registered for that address", address, calling)
+        _audit_refusal(calling, event.assoc.requestor.address)
         event.assoc.acse.send_reject(*REJECT_CALLING_AE)
         event.assoc.kill()
 
