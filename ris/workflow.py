@@ -370,7 +370,9 @@ def _create_exam(actor: Actor, order: ImagingOrder, procedure: ProcedureRequest)
     ).exists():
         raise WorkflowError("duplicate", f"accession number {accession} already exists", field="accession_number")
     study_uid = procedure.study_instance_uid or new_uid()
-    if RequestedProcedure.objects.filter(study_instance_uid=study_uid).exists():
+    # A UID we made from a UUID cannot exist yet (the unique constraint still guards it): only a
+    # sender's UID is looked up, which saves a query per exam on the order hot path (issue 8).
+    if procedure.study_instance_uid and RequestedProcedure.objects.filter(study_instance_uid=study_uid).exists():
         raise WorkflowError("duplicate", f"Study Instance UID {study_uid} already exists", field="study_instance_uid")
     exam = RequestedProcedure.objects.create(
         order=order,
