@@ -4,7 +4,10 @@ import os
 
 from celery import Celery
 
+from ris import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ris.settings")
+broker.register()
 
 app = Celery("ris")
 app.config_from_object("django.conf:settings", namespace="CELERY")
