@@ -335,3 +335,5 @@ RIS_DICOM_TLS_KEY = env("RIS_DICOM_TLS_KEY")
 RIS_DICOM_TLS_CA = env("RIS_DICOM_TLS_CA")
 # host:port of an RFC 5424 syslog collector (UDP) that receives every audit event; unset: none.
 RIS_AUDIT_SYSLOG = env("RIS_AUDIT_SYSLOG")
+INSTALLED_APPS += ["audit"]
+MIDDLEWARE += ["audit.middleware.PatientDataAccessMiddleware"]

@@ -120,7 +120,61 @@ def build_ae() -> tuple[AE, list[tuple]]:
     handlers = []
     for module in SERVICES:
         handlers += importlib.import_module(module).register(ae)
-    return ae, handlers
+    return ae, [(e, audited_find(h) if e is evt.EVT_C_FIND else h) for e, h in handlers]
+
+
+# --- audit of worklist queries (issue 9) ---
+QUERY_KEYS = ("PatientID", "PatientName", "AccessionNumber", "StudyInstanceUID")
+STEP_KEYS = ("ScheduledStationAETitle", "ScheduledProcedureStepStartDate", "Modality")
+
+
+def _query_keys(identifier) -> dict[str, str]:
+    keys = {k: str(identifier.get(k, ""))[:64] for k in QUERY_KEYS if identifier.get(k)}
+    steps = identifier.get("ScheduledProcedureStepSequence") or []
+    for k in STEP_KEYS if len(steps) == 1 else ():
+        if steps[0].get(k):
+            keys[k] = str(steps[0].get(k))[:64]
+    return keys
+
+
+def audited_find(handler):
+    """Wrap a C-FIND handler: each query becomes one AuditEvent "worklist.queried" (PS3.15
+    A.5.3.12 Query) naming the calling AE, its address, the query keys and the matches sent."""
+
+    def find(event: evt.Event):
+        matches, outcome = 0, "success"
+        try:
+            for status, identifier in handler(event):
+                matches += identifier is not None
+                code = status if isinstance(status, int) else getattr(status, "Status", 0)
+                if code not in (0x0000, 0xFF00, 0xFF01):
+                    outcome = "failure"
+                yield status, identifier
+        except GeneratorExit:
+            outcome = "cancelled"
+            raise
+        finally:
+            _audit_query(event, matches, outcome)
+
+    return find
+
+
+def _audit_query(event: evt.Event, matches: int, outcome: str) -> None:
+    from ris.workflow import Actor, audit
+
+    requestor = event.assoc.requestor
+    close_old_connections()
+    try:
+        try:
+            keys = _query_keys(event.identifier)
+        except Exception:  # an undecodable identifier was answered with a failure: still audited
+            keys = {"identifier": "undecodable"}
+        actor = Actor.for_ae(requestor.primitive.calling_ae_title.strip(), requestor.address)
+        audit(actor, "worklist.queried", outcome=outcome, matches=matches, keys=keys)
+    except Exception:
+        log.exception("could not audit a worklist query from %s", requestor.address)
+    finally:
+        close_old_connections()
 
 
 def tls_context() -> ssl.SSLContext | None:
