@@ -542,8 +542,8 @@ def test_answers_in_every_offered_transfer_syntax(shared_dicom_scp, ct1, tmp_pat
 
 
 def associate_when_free(ae: AE, port: int):
-    """Associate, retrying while the server starts or still counts a just-released association."""
-    for _ in range(150):
+    """Associate, retrying while the server still counts a just-ended connection (for a moment)."""
+    for _ in range(20):
         assoc = ae.associate("127.0.0.1", port, ae_title="RIS")
         if assoc.is_established:
             return assoc
@@ -554,8 +554,7 @@ def associate_when_free(ae: AE, port: int):
 def test_associations_beyond_the_limit_are_rejected(site_env, ct1, tmp_path):
     site_env["RIS_DICOM_MAX_ASSOCIATIONS"] = "1"
     port = int(site_env["RIS_DICOM_PORT"])
-    # No port probe: pynetdicom keeps a bare TCP connection's slot until the ACSE timeout.
-    with running(manage("rundicom"), site_env, tmp_path / "dicom.log"):
+    with running(manage("rundicom"), site_env, tmp_path / "dicom.log", port):  # probes the port first
         ae = AE(ae_title="CT1")
         ae.add_requested_context(ModalityWorklistInformationFind)
         first = associate_when_free(ae, port)
@@ -662,3 +661,18 @@ def test_database_trouble_is_answered_with_a700_and_the_listener_carries_on(site
             statuses, _ = pynetdicom_find(port, mwl_identifier())
             assert statuses[0].Status == 0xA700
             assert statuses[0].ErrorComment.startswith("database unavailable")
+
+
+def test_a_bare_tcp_probe_does_not_hold_an_association_slot(site_env, ct1, tmp_path):
+    site_env["RIS_DICOM_MAX_ASSOCIATIONS"] = "1"
+    port = int(site_env["RIS_DICOM_PORT"])
+    with running(manage("rundicom"), site_env, tmp_path / "dicom.log", port):
+        for _ in range(3):  # what /healthz or a port scanner does
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context(ModalityWorklistInformationFind)
+        started = time.monotonic()
+        assoc = associate_when_free(ae, port)
+        assert assoc.is_established
+        assoc.release()
+        assert time.monotonic() - started < 5  # not the 30 s ACSE timeout

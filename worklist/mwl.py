@@ -32,7 +32,7 @@ from pydicom import charset as dicom_charset
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import _config, dimse_messages, evt, service_class
+from pynetdicom import _config, dimse_messages, evt, fsm, service_class
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
@@ -456,6 +456,20 @@ def copy_presentation_context(context: PresentationContext, memo: dict) -> Prese
     return duplicate
 
 
+def close_before_request(dul) -> str:
+    """AA-5 (PS3.8 Sta2 + Evt17: the peer closed before sending A-ASSOCIATE-RQ), and wake the
+    acceptor thread: pynetdicom would otherwise wait out the ACSE timeout (30 s) and count the
+    dead connection against the association limit, so every TCP health probe or port scan
+    would hold a slot for that long."""
+    next_state = PYNETDICOM_AA_5(dul)
+    dul.to_user_queue.put(None)  # read by the acceptor as "no A-ASSOCIATE-RQ": it stops
+    return next_state
+
+
+PYNETDICOM_AA_5 = getattr(fsm.ACTIONS["AA-5"][1], "pynetdicom_action", fsm.ACTIONS["AA-5"][1])
+close_before_request.pynetdicom_action = PYNETDICOM_AA_5
+
+
 def register(ae) -> list[tuple]:
     """Modality Worklist Information Model - FIND (1.2.840.10008.5.1.4.31)."""
     ae.add_supported_context(ModalityWorklistInformationFind)
@@ -464,6 +478,7 @@ def register(ae) -> list[tuple]:
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     service_class.encode = encode_prepared
+    fsm.ACTIONS["AA-5"] = (fsm.ACTIONS["AA-5"][0], close_before_request, fsm.ACTIONS["AA-5"][2])
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         # pynetdicom's standard event handlers format a log line per PDU and DIMSE message,
         # which this logger level drops anyway: ~15 % of a worklist answer's CPU time.
