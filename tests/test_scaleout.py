@@ -11,6 +11,7 @@ there when the embedded broker is used, so the invariants are checked on both CI
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import threading
@@ -27,7 +28,7 @@ from pydicom.uid import generate_uid
 
 from hl7.models import InboundMessage
 from ris.models import AuditEvent, ExamStatus, ImagingOrder, Instance, RequestedProcedure
-from tests.conftest import free_port, manage, running
+from tests.conftest import database_url_of_test_db, free_port, manage, running
 from tests.test_arrival_tracking import ct_file, ready_events, storescu, wait_until
 from tests.test_mpps_scp import MppsScu, final, in_progress, performed_series, register_station, step_item
 
@@ -53,23 +54,44 @@ def worker_argv(name: str) -> list[str]:
     ]
 
 
-@pytest.fixture
-def stack(ris_env, tmp_path) -> Iterator[Stack]:
-    """2 `runmllp`, 2 `rundicom` (one storage directory, as on a shared volume) and 3 workers."""
-    ris_env["RIS_ARRIVAL_MISSING_TIMEOUT_SECONDS"] = "60"
-    register_station("CT1")
+@pytest.fixture(scope="module")
+def stack(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Stack]:
+    """2 `runmllp`, 2 `rundicom` (one storage directory, as on a shared volume) and 3 workers,
+    started once for the module; each test still starts from an empty database."""
+    with django_db_blocker.unblock():
+        url = database_url_of_test_db()
+    tmp = tmp_path_factory.mktemp("scaleout")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RIS_")}
+    env.update(
+        {
+            "DATABASE_URL": url,
+            "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{tmp / 'broker.sqlite3'}",
+            "RIS_CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+            "RIS_BIND": "127.0.0.1",
+            "RIS_AE_TITLE": "RIS",
+            "RIS_STORAGE_DIR": str(tmp / "dicom"),
+            "RIS_ARRIVAL_QUIET_SECONDS": "1",
+            "RIS_ARRIVAL_MISSING_TIMEOUT_SECONDS": "60",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     mllp, dicom = [free_port(), free_port()], [free_port(), free_port()]
-    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    logs = [tmp / f"worker{i}.log" for i in range(3)]
     with ExitStack() as processes:
         for i, port in enumerate(mllp):
-            env = {**ris_env, "RIS_MLLP_PORT": str(port)}
-            processes.enter_context(running(manage("runmllp"), env, tmp_path / f"mllp{i}.log", port))
+            copy = {**env, "RIS_MLLP_PORT": str(port), "RIS_DICOM_PORT": str(free_port())}
+            processes.enter_context(running(manage("runmllp"), copy, tmp / f"mllp{i}.log", port))
         for i, port in enumerate(dicom):
-            env = {**ris_env, "RIS_DICOM_PORT": str(port)}
-            processes.enter_context(running(manage("rundicom"), env, tmp_path / f"dicom{i}.log", port))
+            copy = {**env, "RIS_DICOM_PORT": str(port), "RIS_MLLP_PORT": str(free_port())}
+            processes.enter_context(running(manage("rundicom"), copy, tmp / f"dicom{i}.log", port))
         for i, log in enumerate(logs):
-            processes.enter_context(running(worker_argv(f"scale{i}"), ris_env, log))
-        yield Stack(mllp, dicom, logs, ris_env["CELERY_BROKER_URL"])
+            processes.enter_context(running(worker_argv(f"scale{i}"), env, log))
+        yield Stack(mllp, dicom, logs, env["CELERY_BROKER_URL"])
+
+
+@pytest.fixture(autouse=True)
+def station(transactional_db) -> None:
+    register_station("CT1")
 
 
 # --- independent peers ------------------------------------------------------------------------
