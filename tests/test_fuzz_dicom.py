@@ -221,3 +221,18 @@ def test_association_proposing_only_unsupported_sop_classes_is_answered_or_close
     rq = associate_rq(abstract="1.2.3.4.5.6.7.8.9")  # no such SOP class
     assert exchange(scp, rq) in ("answered", "closed")
     assert scp_is_healthy(scp)
+
+
+def test_command_without_a_command_field_is_aborted_at_once(scp):
+    """Regression (found by the fuzzer): pynetdicom 3.0.4 raised inside its reactor thread on a
+    command set without (0000,0100) CommandField, leaving the association hanging for 300 s."""
+    command = struct.pack("<HHI", 0x0000, 0x0002, 4) + b"1.2\x00"  # Affected SOP Class UID only
+    with socket.create_connection(("127.0.0.1", scp), timeout=ANSWER_SECONDS) as sock:
+        sock.sendall(associate_rq())
+        assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
+        sock.recv(65536)
+        sock.sendall(p_data(command))
+        reply = sock.recv(65536)
+        while reply and reply[:1] != b"\x07":
+            reply = sock.recv(65536)
+    assert reply[:1] == b"\x07"  # A-ABORT, within ANSWER_SECONDS
