@@ -200,21 +200,27 @@ def orm(run: str, i: int, accession: str, station: str, start: str) -> bytes:
     return ("\r".join(lines) + "\r").encode("latin-1")
 
 
-def send_orders(port: int, messages: list[bytes]) -> list[float]:
+def send_orders(port: int, messages: list[bytes]) -> tuple[list[float], list[str]]:
+    """Send each order and wait for its ACK; an AR ("try again") is sent again once, as a HIS
+    would, and reported. Returns the ACK latencies and the refusals seen."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    latencies, buffer = [], b""
+    latencies, refusals, buffer = [], [], b""
     for message in messages:
-        started = time.perf_counter()
-        sock.sendall(VT + message + FS_CR)
-        while FS_CR not in buffer:
-            buffer += sock.recv(65536)
-        ack, _, buffer = buffer.partition(FS_CR)
-        latencies.append(time.perf_counter() - started)
-        if b"MSA|AA|" not in ack:
-            raise RuntimeError(f"order refused: {ack[:300]!r}")
+        for attempt in range(2):
+            started = time.perf_counter()
+            sock.sendall(VT + message + FS_CR)
+            while FS_CR not in buffer:
+                buffer += sock.recv(65536)
+            ack, _, buffer = buffer.partition(FS_CR)
+            latencies.append(time.perf_counter() - started)
+            if b"MSA|AA|" in ack:
+                break
+            refusals.append(ack.decode("latin-1").split("\r")[1][:120])
+            if b"MSA|AR|" not in ack or attempt == 1:
+                raise RuntimeError(f"order refused: {ack[:300]!r}")
     sock.close()
-    return latencies
+    return latencies, refusals
 
 
 def findscu(port: int, station: str) -> tuple[float, int]:
@@ -435,7 +441,11 @@ def day(work: Path, database_url: str, broker_url: str, orders: int, modalities:
         time.sleep(3)  # worker and beat come up after the listeners
         sampler.start()
         idle_rss = tree_rss_mb(stack.pid)
-        result = drive(work, env, ports, token, his, run, stations, orders, images)
+        try:
+            result = drive(work, env, ports, token, his, run, stations, orders, images)
+        except Exception as exc:
+            tail = (work / "runris.log").read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"{exc}\n--- runris.log ---\n{tail}") from exc
         result["rss_idle_mb"], result["rss_peak_mb"] = idle_rss, sampler.peak
         result["memory"] = tree_memory(stack.pid)
         result["processes"] = len(descendants(stack.pid))
@@ -457,7 +467,7 @@ def drive(work, env, ports, token, his, run, stations, orders, images) -> dict:
     station_of = {a: stations[i % len(stations)] for i, a in enumerate(accessions)}
     messages = [orm(run, i, a, station_of[a], start) for i, a in enumerate(accessions)]
     stages: dict[str, list[float]] = {}
-    stages["ORM ACK (MLLP)"] = send_orders(ports["mllp"], messages)
+    stages["ORM ACK (MLLP)"], refusals = send_orders(ports["mllp"], messages)
 
     exams = {e["accession"]: e for e in child(env, "--exams", *accessions)}
     with ThreadPoolExecutor(len(stations)) as pool:
@@ -510,6 +520,7 @@ def drive(work, env, ports, token, his, run, stations, orders, images) -> dict:
         "worklist_matches": matches,
         "ready": len(ready),
         "oru": len(his.arrivals),
+        "refusals": refusals,
         "stages": stages,
     }
 
@@ -567,7 +578,10 @@ def section(results: list[tuple[str, dict]], plotted: bool, quick: bool) -> str:
             f"### {label}",
             "",
             f"Worklist answers: {r['worklist_matches']} of {r['orders']} steps; READY_FOR_READING: "
-            f"{r['ready']} of {r['orders']}; ORU at the HIS: {r['oru']} of {r['orders']}.",
+            f"{r['ready']} of {r['orders']}; ORU at the HIS: {r['oru']} of {r['orders']}. Orders answered AR "
+            f"and accepted when sent again: {len(r['refusals'])}"
+            + (f" (`{r['refusals'][0]}`)" if r["refusals"] else "")
+            + ".",
             "",
             "| stage | n | p50 (ms) | p95 (ms) | p99 (ms) |",
             "|---|---|---|---|---|",
