@@ -71,7 +71,7 @@ def exchange(port: int, *chunks: bytes, wait_for_ac: bool = False) -> str:
         if wait_for_ac:
             sock.sendall(chunks[0])
             first = sock.recv(10)
-            if first[:1] == b"\x03":  # A-ASSOCIATE-RJ: every association slot is taken (see below)
+            if first[:1] == b"\x03":  # A-ASSOCIATE-RJ: every association slot is taken
                 return "busy"
             assert first[:1] == b"\x02", f"valid A-ASSOCIATE-RQ not answered: {first!r}"
             length = struct.unpack(">I", first[2:6])[0] - 4
@@ -121,9 +121,7 @@ def scp(dicom_scp, ris_env):
 
 
 def scp_is_healthy(port: int, within: float = 45.0) -> bool:
-    """A C-ECHO succeeds. Aborted associations hold their slot until the ARTIM timer (the ACSE
-    timeout, 30 s) expires in pynetdicom 3.0.4, so a burst of malformed connections can fill
-    RIS_DICOM_MAX_ASSOCIATIONS for that long: allow it to drain."""
+    """A C-ECHO succeeds (retried for a while: an association still being torn down holds a slot)."""
     deadline = time.monotonic() + within
     while not echo(port):
         if time.monotonic() > deadline:
@@ -154,6 +152,8 @@ def test_malformed_pdus_are_answered_or_closed_and_the_scp_stays_up(scp, dicom_s
         else:
             outcomes[exchange(scp, mutate(rng, valid))] += 1
     assert sum(outcomes.values()) == RAW_CASES
+    # "busy": a valid association refused A-ASSOCIATE-RJ local-limit-exceeded because malformed
+    # ones still hold slots (docs/security.md, known limits); an answer, but most must get through.
     assert outcomes["answered"] + outcomes["closed"] > RAW_CASES // 2, outcomes
     assert scp_is_healthy(scp)
 
