@@ -35,6 +35,9 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_filter = ("actor_kind", "action", "outcome")
     search_fields = ("actor", "action", "requested_procedure__accession_number")
 
+    def has_add_permission(self, request) -> bool:
+        return False
+
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 

@@ -181,3 +181,32 @@ def test_default_settings_are_flagged_by_the_deploy_checks(ris_env):
     result = run_manage(ris_env, "check", "--deploy", "--fail-level", "WARNING")
     assert result.returncode != 0
     assert "SECRET_KEY" in result.stdout + result.stderr
+
+
+def test_modality_aliases_coercion_and_host_binding_from_the_command(ris_env):
+    added = run_manage(
+        ris_env,
+        "modality",
+        "add",
+        "CT1",
+        "--modality",
+        "CT",
+        "--alias",
+        "CT1_B",
+        "--alias",
+        "CT1_C",
+        "--station-from-calling-ae",
+        "--host",
+        "10.1.1.5",
+        "--bind-to-host",
+    )
+    assert added.returncode == 0, added.stderr
+    ct = Modality.objects.get(ae_title="CT1")
+    assert ct.station_from_calling_ae and ct.bind_to_host
+    assert sorted(ct.aliases.values_list("ae_title", flat=True)) == ["CT1_B", "CT1_C"]
+    assert "aliases: CT1_B,CT1_C" in run_manage(ris_env, "modality", "list").stdout
+    assert run_manage(ris_env, "modality", "add", "MR1", "--modality", "MR", "--alias", "CT1_B").returncode != 0
+    assert not Modality.objects.filter(ae_title="MR1").exists()
+    assert run_manage(ris_env, "modality", "add", "US1", "--modality", "US", "--bind-to-host").returncode != 0
+    assert run_manage(ris_env, "modality", "add", "CT1", "--modality", "CT", "--alias", "CT1_B").returncode == 0
+    assert list(ct.aliases.values_list("ae_title", flat=True)) == ["CT1_B"]

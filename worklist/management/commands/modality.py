@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from worklist.models import AnswerCharacterSet, Modality
+from worklist.models import AnswerCharacterSet, Modality, ModalityAlias
 
 CHARSET_NAMES = {
     "utf8": AnswerCharacterSet.UTF8,
@@ -37,6 +37,20 @@ class Command(BaseCommand):
             help="character set of worklist answers for this console (default utf8)",
         )
         add.add_argument("--disabled", action="store_true", help="register it but refuse its associations")
+        add.add_argument(
+            "--alias",
+            action="append",
+            default=[],
+            help="a further AE title of the same console (repeatable); replaces the aliases it had",
+        )
+        add.add_argument(
+            "--station-from-calling-ae",
+            action="store_true",
+            help="worklist queries with an empty Scheduled Station AE Title return only this station's steps",
+        )
+        add.add_argument(
+            "--bind-to-host", action="store_true", help="accept this AE title only from the address given by --host"
+        )
         sub.add_parser("list", help="list the registered modalities")
         remove = sub.add_parser("remove", help="remove a modality")
         remove.add_argument("ae_title")
@@ -46,6 +60,16 @@ class Command(BaseCommand):
 
     def do_add(self, options) -> None:
         title = ae_title(options["ae_title"])
+        if options["bind_to_host"] and not options["host"]:
+            raise CommandError("--bind-to-host needs --host")
+        aliases = [ae_title(a) for a in options["alias"]]
+        in_use = set(
+            ModalityAlias.objects.filter(ae_title__in=aliases)
+            .exclude(modality__ae_title=title)
+            .values_list("ae_title", flat=True)
+        ) | set(Modality.objects.filter(ae_title__in=aliases).values_list("ae_title", flat=True))
+        if in_use:
+            raise CommandError(f"AE title already in use: {', '.join(sorted(in_use))}")
         modality, created = Modality.objects.update_or_create(
             ae_title=title,
             defaults={
@@ -56,19 +80,25 @@ class Command(BaseCommand):
                 "port": options["port"],
                 "answer_character_set": CHARSET_NAMES[options["charset"]],
                 "enabled": not options["disabled"],
+                "station_from_calling_ae": options["station_from_calling_ae"],
+                "bind_to_host": options["bind_to_host"],
             },
         )
+        modality.aliases.exclude(ae_title__in=aliases).delete()
+        for alias in aliases:
+            ModalityAlias.objects.get_or_create(modality=modality, ae_title=alias)
         self.stdout.write(f"{'added' if created else 'updated'} {modality.ae_title} ({modality.modality})")
 
     def do_list(self, options) -> None:
-        rows = Modality.objects.all()
+        rows = Modality.objects.prefetch_related("aliases")
         if not rows:
             self.stdout.write("no modalities registered")
         for m in rows:
             address = f"{m.host}:{m.port}" if m.host else "-"
+            aliases = ",".join(a.ae_title for a in m.aliases.all())
             self.stdout.write(
                 f"{m.ae_title:<16} {m.modality:<4} {m.station_name or '-':<16} {address:<21} "
-                f"{'enabled' if m.enabled else 'disabled'}"
+                f"{'enabled' if m.enabled else 'disabled'}" + (f"  aliases: {aliases}" if aliases else "")
             )
 
     def do_remove(self, options) -> None:
