@@ -52,10 +52,16 @@ def database_url_of_test_db() -> str:
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
+def inherited_env() -> dict[str, str]:
+    """What RIS subprocesses inherit from the test process: no RIS_* setting of the developer's
+    shell, and not the async-safety switch the browser tests need in this process only."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RIS_") and k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+
+
 @pytest.fixture
 def ris_env(transactional_db, tmp_path) -> dict[str, str]:
     """Environment for RIS subprocesses: this test's database, fresh ports, a private queue."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RIS_")}
+    env = inherited_env()
     broker = os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
     env.update(
         {
@@ -178,7 +184,7 @@ def shared_mllp_listener(django_db_setup, django_db_blocker, tmp_path_factory) -
         url = database_url_of_test_db()
     tmp = tmp_path_factory.mktemp("mllp")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RIS_")}
+    env = inherited_env()
     env.update(
         {
             "DATABASE_URL": url,
@@ -269,7 +275,7 @@ def shared_dicom_scp(django_db_setup, django_db_blocker, tmp_path_factory) -> It
         url = database_url_of_test_db()
     tmp = tmp_path_factory.mktemp("dicom")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RIS_")}
+    env = inherited_env()
     env.update(
         {
             "DATABASE_URL": url,
