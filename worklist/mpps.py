@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pynetdicom import AE, evt
@@ -28,7 +28,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep
 from ris import workflow
 from ris.models import PerformedStatus, PerformedStep
 from ris.timeutil import site_zone
-from worklist import tasks
+from worklist import mpps_forward, tasks
 
 log = logging.getLogger(__name__)
 
@@ -205,18 +205,22 @@ def handle_n_create(event: evt.Event) -> tuple:
         uid = reply.AffectedSOPInstanceUID = workflow.new_uid()
     if PerformedStep.objects.filter(sop_instance_uid=uid).exists():
         raise Refusal(STATUS_DUPLICATE_SOP_INSTANCE, f"MPPS {uid} already exists")
+    actor = calling_actor(event)
     try:
-        workflow.record_performed_step_started(
-            calling_actor(event),
-            uid,
-            step_references(ds),
-            patient=performed_patient(ds),
-            attributes=to_json(ds),
-            modality=_text(ds, "Modality")[:16],
-            pps_id=_text(ds, "PerformedProcedureStepID")[:16],
-            description=_text(ds, "PerformedProcedureStepDescription")[:64],
-            started_at=_moment(ds, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"),
-        )
+        with transaction.atomic():
+            performed = workflow.record_performed_step_started(
+                actor,
+                uid,
+                step_references(ds),
+                patient=performed_patient(ds),
+                attributes=to_json(ds),
+                modality=_text(ds, "Modality")[:16],
+                pps_id=_text(ds, "PerformedProcedureStepID")[:16],
+                description=_text(ds, "PerformedProcedureStepDescription")[:64],
+                started_at=_moment(ds, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"),
+            )
+            if mpps_forward.should_forward(actor.name):
+                mpps_forward.queue_forward(performed, mpps_forward.N_CREATE, ds)
     except workflow.WorkflowError as exc:
         if exc.code == "duplicate":
             raise Refusal(STATUS_DUPLICATE_SOP_INSTANCE, exc.reason) from exc
@@ -259,21 +263,26 @@ def handle_n_set(event: evt.Event) -> tuple:
     if status not in PerformedStatus.values:
         raise Refusal(STATUS_INVALID_ATTRIBUTE_VALUE, f"PerformedProcedureStepStatus {status!r} is not defined")
     actor = calling_actor(event)
+    if status != PerformedStatus.IN_PROGRESS:
+        check_final(merged, status)
     try:
-        if status == PerformedStatus.IN_PROGRESS:
-            workflow.update_performed_step(actor, performed, to_json(merged))
-        else:
-            check_final(merged, status)
-            exams = workflow.record_performed_step_ended(
-                actor,
-                performed,
-                status,
-                expected_images(merged),
-                attributes=to_json(merged),
-                ended_at=_moment(merged, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime"),
-                reason=discontinuation_reason(merged)[:200],
-            )
-            tasks.schedule_completeness_check(e.pk for e in exams if e.status == workflow.E.COMPLETED)
+        with transaction.atomic():
+            if status == PerformedStatus.IN_PROGRESS:
+                workflow.update_performed_step(actor, performed, to_json(merged))
+                exams = []
+            else:
+                exams = workflow.record_performed_step_ended(
+                    actor,
+                    performed,
+                    status,
+                    expected_images(merged),
+                    attributes=to_json(merged),
+                    ended_at=_moment(merged, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime"),
+                    reason=discontinuation_reason(merged)[:200],
+                )
+            if mpps_forward.should_forward(actor.name):
+                mpps_forward.queue_forward(performed, mpps_forward.N_SET, modifications)
+        tasks.schedule_completeness_check(e.pk for e in exams if e.status == workflow.E.COMPLETED)
     except workflow.WorkflowError as exc:
         if exc.code == "illegal_transition":
             # Another N-SET ended it first (concurrent associations): same answer as above.

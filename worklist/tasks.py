@@ -18,13 +18,15 @@ from django.conf import settings
 from ris import workflow
 from ris.celery import app
 from ris.models import ActorKind, ExamStatus, RequestedProcedure
-from worklist import forward
+from worklist import forward, mpps_forward
 
 log = logging.getLogger(__name__)
 
 # The worker imports this module at start (autodiscovery): from then on the outbox can deliver
-# "pacs" rows (C-STORE forwarding to RIS_PACS) and its sweep finds them.
+# "pacs" rows (C-STORE forwarding to RIS_PACS) and "mpps" rows (MPPS to RIS_MPPS_FORWARD), and
+# its sweep finds them.
 forward.register()
+mpps_forward.register()
 
 ARRIVAL_TRACKING = workflow.Actor(ActorKind.SYSTEM, "arrival-tracking")
 CHECK_COMPLETENESS = "worklist.tasks.check_completeness"
