@@ -324,3 +324,38 @@ def test_board_poll_is_not_rendered_again_while_nothing_changed(login):
     perform(exam, complete=False)
     changed = client.get(reverse("web:board"), HTTP_HX_REQUEST="true", HTTP_IF_NONE_MATCH=etag)
     assert changed.status_code == 200 and b'data-status="IN_PROGRESS"' in changed.content
+
+
+def test_scheduler_matches_an_unscheduled_exam_to_its_order(client, ui_users):
+    """Reconciliation page: the MPPS of a walk-in exam moves to the scheduled exam it was meant to be."""
+    from ris.models import ExamStatus, RequestedProcedure
+    from tests.test_workflow import CT1
+    from tests.test_workflow import make_exam as scheduled_exam
+
+    target = scheduled_exam()
+    walk_in = workflow.PerformedPatient(patient_id="P1", issuer="HOSP")
+    unscheduled_performed = workflow.record_performed_step_started(
+        CT1, "1.2.3.999", [], patient=walk_in, attributes={}, modality="CT"
+    )
+    unscheduled = unscheduled_performed.scheduled_steps.get().requested_procedure
+    assert unscheduled.needs_reconciliation
+    client.force_login(ui_users["scheduler"])
+    page = client.get(reverse("web:qa")).content.decode()
+    assert reverse("web:reconcile_exam", args=[unscheduled.accession_number]) in page
+    bad = client.post(
+        reverse("web:reconcile_exam", args=[unscheduled.accession_number]), {"target": "NOPE"}, follow=True
+    )
+    assert "NOPE" in bad.content.decode()
+    client.post(reverse("web:reconcile_exam", args=[unscheduled.accession_number]), {"target": target.accession_number})
+    assert RequestedProcedure.objects.get(pk=target.pk).status == ExamStatus.IN_PROGRESS
+    assert not RequestedProcedure.objects.get(pk=unscheduled.pk).needs_reconciliation
+
+
+def test_technologist_may_not_reconcile(client, ui_users):
+    from tests.test_workflow import make_exam as scheduled_exam
+
+    exam = scheduled_exam()
+    client.force_login(ui_users["technologist"])
+    response = client.post(reverse("web:reconcile_exam", args=[exam.accession_number]), {"target": "X"})
+    assert response.status_code in (302, 403)
+    assert response.status_code == 403 or "login" in response["Location"]

@@ -38,6 +38,7 @@ urlpatterns = [
     path("exams/<str:accession>/arrived/", technologist.patient_arrived, name="patient_arrived"),
     path("exams/<str:accession>/accept/", qa.accept_exam, name="accept_exam"),
     path("exams/<str:accession>/keep/", qa.keep_exam, name="keep_exam"),
+    path("exams/<str:accession>/reconcile/", qa.reconcile_exam, name="reconcile_exam"),
     path("iid", exams.iid, name="iid"),
     path("patients/", exams.patient_list, name="patient_list"),
     path("patients/<int:pk>/", exams.patient_detail, name="patient_detail"),

@@ -72,3 +72,26 @@ def keep_exam(request, accession: str):
     else:
         messages.success(request, _("Exam %(accession)s kept as its own order.") % {"accession": accession})
     return redirect(safe_next(request, "web:qa"))
+
+
+@require_POST
+@requires(RECONCILE)
+def reconcile_exam(request, accession: str):
+    """An unscheduled exam is matched to the scheduled exam it was meant to be: the MPPS, the
+    images and the progress move to that exam (ris.workflow.reconcile_unscheduled_exam)."""
+    exam = get_exam(accession)
+    target_accession = request.POST.get("target", "").strip()
+    target = RequestedProcedure.objects.filter(accession_number=target_accession).first()
+    if target is None:
+        messages.error(request, _("No exam has the accession number %(accession)s.") % {"accession": target_accession})
+        return redirect(safe_next(request, "web:qa"))
+    try:
+        workflow.reconcile_unscheduled_exam(actor_of(request), exam, target)
+    except workflow.WorkflowError as error:
+        messages.error(request, error.reason)
+    else:
+        messages.success(
+            request,
+            _("Exam %(accession)s matched to %(target)s.") % {"accession": accession, "target": target_accession},
+        )
+    return redirect(safe_next(request, "web:qa"))
