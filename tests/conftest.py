@@ -141,9 +141,9 @@ def dicom_scp(ris_env, tmp_path) -> Iterator[tuple[str, int]]:
         yield "127.0.0.1", port
 
 
-@pytest.fixture
-def celery_worker_process(ris_env, tmp_path) -> Iterator[subprocess.Popen]:
-    argv = [
+def celery_worker_argv() -> list[str]:
+    """A Celery worker as CI would run it: one process, a unique name, no gossip or mingle."""
+    return [
         sys.executable,
         "-m",
         "celery",
@@ -159,7 +159,11 @@ def celery_worker_process(ris_env, tmp_path) -> Iterator[subprocess.Popen]:
         "--without-gossip",
         "--without-mingle",
     ]
-    with running(argv, ris_env, tmp_path / "worker.log") as process:
+
+
+@pytest.fixture
+def celery_worker_process(ris_env, tmp_path) -> Iterator[subprocess.Popen]:
+    with running(celery_worker_argv(), ris_env, tmp_path / "worker.log") as process:
         yield process
 
 

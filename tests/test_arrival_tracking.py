@@ -9,9 +9,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import InstanceAvailabilityNotification
 
 from ris.models import AuditEvent, ExamStatus, Instance, RequestedProcedure, Study, WorkerHeartbeat
-from tests.conftest import manage, require_tool, running, send_task
+from tests.conftest import celery_worker_argv, manage, require_tool, running, send_task
 from tests.test_mpps_scp import (
     MppsScu,
     final,
@@ -334,22 +332,7 @@ def test_ian_without_instances_is_refused_with_0121(stack):
 
 
 def worker_argv() -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "ris",
-        "worker",
-        "--loglevel",
-        "INFO",
-        "--concurrency",
-        "1",
-        "--hostname",
-        f"test-{uuid.uuid4().hex[:6]}@%h",
-        "--without-gossip",
-        "--without-mingle",
-    ]
+    return celery_worker_argv()
 
 
 def test_worker_killed_while_a_check_waits_still_makes_the_exam_ready_exactly_once(dicom_scp, ris_env, tmp_path):

@@ -4,7 +4,6 @@ target that is down never makes the RIS refuse the modality, and the copies arri
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
@@ -14,7 +13,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from ris.models import ExamStatus, OutboundMessage
-from tests.conftest import free_port, manage, running
+from tests.conftest import celery_worker_argv, free_port, manage, running
 from tests.test_mpps_scp import MppsScu, final, in_progress, order_exam, register_station, reload, step_item
 
 pytestmark = pytest.mark.live
@@ -71,21 +70,9 @@ def forwarding_stack(ris_env, tmp_path):
     )
     register_station()
     port = int(ris_env["RIS_DICOM_PORT"])
-    worker = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "ris",
-        "worker",
-        "--concurrency",
-        "1",
-        "--without-gossip",
-        "--without-mingle",
-    ]
     with (
         running(manage("rundicom"), ris_env, tmp_path / "dicom.log", port),
-        running(worker, ris_env, tmp_path / "worker.log"),
+        running(celery_worker_argv(), ris_env, tmp_path / "worker.log"),
     ):
         try:
             yield MppsScu(port), manager

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -16,7 +15,7 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 
 from ris.models import WorkerHeartbeat
-from tests.conftest import ROOT, manage, running, send_task
+from tests.conftest import ROOT, celery_worker_argv, manage, running, send_task
 from worklist.models import Modality
 
 pytestmark = pytest.mark.live
@@ -53,18 +52,7 @@ def test_queued_task_survives_until_a_worker_starts(ris_env, tmp_path):
     send_task(ris_env, "ris.tasks.heartbeat", token)
     time.sleep(1)
     assert not WorkerHeartbeat.objects.filter(token=token).exists()
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "ris",
-        "worker",
-        "--concurrency",
-        "1",
-        "--without-gossip",
-        "--without-mingle",
-    ]
+    argv = celery_worker_argv()
     with running(argv, ris_env, tmp_path / "late-worker.log"):
         wait_until(lambda: WorkerHeartbeat.objects.filter(token=token).exists(), timeout=90)
 

@@ -36,14 +36,19 @@ class Peer:
     port: int
 
 
-def pacs() -> Peer | None:
-    """RIS_PACS parsed; None when unset (no forwarding)."""
-    value = settings.RIS_PACS.strip()
+def parse_peer(value: str) -> Peer | None:
+    """An "AET@host:port" setting parsed; None when it is empty."""
+    value = value.strip()
     if not value:
         return None
     ae_title, _, address = value.partition("@")
     host, _, port = address.rpartition(":")
     return Peer(ae_title.strip(), host.strip() or "127.0.0.1", int(port))
+
+
+def pacs() -> Peer | None:
+    """RIS_PACS parsed; None when unset (no forwarding)."""
+    return parse_peer(settings.RIS_PACS)
 
 
 def should_forward(calling_ae_title: str) -> bool:

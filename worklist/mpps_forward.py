@@ -22,7 +22,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from ris import outbox
 from ris.models import OutboundMessage, PerformedStep
-from worklist.forward import Peer
+from worklist.forward import Peer, parse_peer
 
 DESTINATION = "mpps"
 N_CREATE, N_SET = "N-CREATE", "N-SET"
@@ -31,12 +31,7 @@ STATUS_DUPLICATE_SOP_INSTANCE = 0x0111
 
 def target() -> Peer | None:
     """RIS_MPPS_FORWARD parsed; None when unset (no forwarding)."""
-    value = settings.RIS_MPPS_FORWARD.strip()
-    if not value:
-        return None
-    ae_title, _, address = value.partition("@")
-    host, _, port = address.rpartition(":")
-    return Peer(ae_title.strip(), host.strip() or "127.0.0.1", int(port))
+    return parse_peer(settings.RIS_MPPS_FORWARD)
 
 
 def should_forward(calling_ae_title: str) -> bool:
