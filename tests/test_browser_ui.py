@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from tests.conftest import IN_CI, UI_PASSWORD, require_tool
+from tests.test_mpps_scp import performed_series, step_item
 from tests.ui_support import local, make_patient, make_procedure, make_room, ready_for_reading, tomorrow
 from web import browser as ris_browser
 from worklist.scp import SERVICES
@@ -175,19 +176,9 @@ class MppsModality:
         return status.Status
 
     def start(self, exam, uid: str) -> int:
-        step = exam.scheduled_steps.get()
-        item = Dataset()
-        item.StudyInstanceUID = exam.study_instance_uid
-        item.ReferencedStudySequence = []
-        item.AccessionNumber = exam.accession_number
-        item.RequestedProcedureID = exam.requested_procedure_id
-        item.RequestedProcedureDescription = exam.procedure_description
-        item.ScheduledProcedureStepID = step.sps_id
-        item.ScheduledProcedureStepDescription = ""
-        item.ScheduledProtocolCodeSequence = []
         ds = Dataset()
         ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.ScheduledStepAttributesSequence = [item]
+        ds.ScheduledStepAttributesSequence = [step_item(exam)]
         ds.PatientName = exam.order.patient.dicom_name
         ds.PatientID = exam.order.patient.patient_id
         ds.PatientBirthDate = ""
@@ -213,27 +204,12 @@ class MppsModality:
         return self._send(True, ds, uid)
 
     def complete(self, uid: str, sop_uids: list[str]) -> int:
-        series = Dataset()
-        series.SeriesInstanceUID = generate_uid()
-        series.ProtocolName = "HEAD"
-        series.SeriesDescription = "AXIAL"
-        series.PerformingPhysicianName = ""
-        series.OperatorsName = ""
-        series.RetrieveAETitle = ""
-        refs = []
-        for sop in sop_uids:
-            ref = Dataset()
-            ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-            ref.ReferencedSOPInstanceUID = sop
-            refs.append(ref)
-        series.ReferencedImageSequence = refs
-        series.ReferencedNonImageCompositeSOPInstanceSequence = []
         ds = Dataset()
         ds.PerformedProcedureStepStatus = "COMPLETED"
         now = dt.datetime.now()
         ds.PerformedProcedureStepEndDate = now.strftime("%Y%m%d")
         ds.PerformedProcedureStepEndTime = now.strftime("%H%M%S")
-        ds.PerformedSeriesSequence = [series]
+        ds.PerformedSeriesSequence = [performed_series(generate_uid(), sop_uids)]
         return self._send(False, ds, uid)
 
 
