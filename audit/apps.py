@@ -17,23 +17,28 @@ class AuditConfig(AppConfig):
 
     def ready(self) -> None:
         from hl7.models import InboundMessage
+        from hl7.signals import message_journaled
         from ris.models import AuditEvent
 
-        post_save.connect(hl7_received, sender=InboundMessage, dispatch_uid="audit.hl7_received")
+        message_journaled.connect(hl7_received, sender=InboundMessage, dispatch_uid="audit.hl7_received")
         if settings.RIS_AUDIT_SYSLOG:
             from audit.syslog import forward
 
             post_save.connect(forward, sender=AuditEvent, dispatch_uid="audit.syslog")
 
 
-def hl7_received(sender, instance, created: bool, **_kw) -> None:
-    """PS3.15 A.5.3.3 Data Import: an HL7 message received. Recorded when the raw frame is
-    journaled, before it is parsed, so the actor is the sending address; the journal entry
-    (detail "journal") holds MSH-3/4, MSH-9, MSH-10 and the answer once processed."""
-    if not created:
-        return
+def hl7_received(sender, entry, **_kw) -> None:
+    """PS3.15 A.5.3.3 Data Import: an HL7 frame received. Recorded with the frame's outcome,
+    in the transaction that stores it: who is MSH-3^MSH-4 (the sending address when the frame
+    has no readable MSH), from where the address, outcome "success" for AA and "failure" for
+    an AE, an AR or a frame that could not be answered; detail "journal" points at the raw
+    frame, "answer" is the MSA-1 code."""
     from ris.workflow import Actor, audit
 
-    host = instance.peer.rsplit(":", 1)[0]
-    actor = Actor.for_hl7(instance.sending_application or host, instance.sending_facility, host)
-    audit(actor, "hl7.received", journal=instance.pk, bytes=len(instance.raw or b""))
+    host = entry.peer.rsplit(":", 1)[0]
+    actor = Actor.for_hl7(entry.sending_application or host, entry.sending_facility, host)
+    outcome = "success" if entry.outcome == "AA" else "failure"
+    detail = {"journal": entry.pk, "bytes": len(entry.raw or b""), "answer": entry.outcome or None}
+    if entry.control_id:
+        detail.update(control_id=entry.control_id, message_type=entry.message_type)
+    audit(actor, "hl7.received", outcome=outcome, **detail)

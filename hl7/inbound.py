@@ -41,6 +41,7 @@ from hl7.ack import (
 )
 from hl7.mapping import MappingError, OrderItem, PatientRecord
 from hl7.models import InboundMessage, ResponseMode, SenderProfile
+from hl7.signals import message_journaled
 from ris import workflow
 from ris.models import ExamStatus, Patient
 
@@ -137,7 +138,8 @@ def _process(entry: InboundMessage, raw: bytes, peer: str) -> bytes:
     try:
         message = _decode(raw, header)
         check_message_type(header.msh)
-        with transaction.atomic():
+        # One transaction, and one INSERT for all its audit events.
+        with transaction.atomic(), workflow.deferred_audit():
             replies = dispatch(message, header, peer)
             ack = _encode(build_ack(header.msh, "AA", None, _replies_for(header, replies)), header)
             _finish(entry, "AA", ack, "")
@@ -282,16 +284,18 @@ def _note_header(entry: InboundMessage, msh: list[str]) -> None:
 
 
 def _finish(entry: InboundMessage, outcome: str, ack: bytes, error: str) -> None:
+    entry.outcome, entry.ack, entry.error, entry.processed_at = outcome, ack, _text(error), timezone.now()
     InboundMessage.objects.filter(pk=entry.pk).update(
         sending_application=entry.sending_application,
         sending_facility=entry.sending_facility,
         control_id=entry.control_id,
         message_type=entry.message_type,
-        outcome=outcome,
-        ack=ack,
-        error=_text(error),
-        processed_at=timezone.now(),
+        outcome=entry.outcome,
+        ack=entry.ack,
+        error=entry.error,
+        processed_at=entry.processed_at,
     )
+    message_journaled.send(InboundMessage, entry=entry)
 
 
 def _encode(ack: str, header: Header) -> bytes:
@@ -494,6 +498,8 @@ def journal_unanswered(data: bytes, peer: str, reason: str) -> None:
     if not data:
         return
     try:
-        InboundMessage.objects.create(peer=peer[:64], raw=data, error=reason, processed_at=timezone.now())
+        with transaction.atomic():
+            entry = InboundMessage.objects.create(peer=peer[:64], raw=data, error=reason, processed_at=timezone.now())
+            message_journaled.send(InboundMessage, entry=entry)
     except DatabaseError:
         log.exception("could not journal %d bytes from %s (%s)", len(data), peer, reason)

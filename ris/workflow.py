@@ -14,14 +14,17 @@ READY_FOR_READING → PRELIMINARY → FINAL → AMENDED, with CANCELLED and DISC
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
+from django.db.models.signals import post_save
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -150,6 +153,32 @@ def check_performed_transition(current: str, new: str) -> None:
         raise WorkflowError("illegal_transition", f"Performed Procedure Step is {current} and may no longer be updated")
 
 
+_deferred = threading.local()
+
+
+@contextmanager
+def deferred_audit() -> Iterator[None]:
+    """Write the audit events of the block as one INSERT when it ends without an exception.
+
+    For a hot path whose workflow calls all share one transaction (an HL7 message): an event
+    costs a batch slot instead of a round trip. Use it inside the transaction, around calls
+    that either all succeed or roll back together (never around a savepoint the caller rolls
+    back and then carries on past: its events would be flushed)."""
+    if getattr(_deferred, "events", None) is not None:
+        yield  # nested: the outer block writes
+        return
+    _deferred.events = []
+    try:
+        yield
+        events, _deferred.events = _deferred.events, None
+        AuditEvent.objects.bulk_create(events)
+        if post_save.has_listeners(AuditEvent):  # bulk_create sends no post_save (syslog copy)
+            for event in events:
+                post_save.send(AuditEvent, instance=event, created=True, update_fields=None, raw=False)
+    finally:
+        _deferred.events = None
+
+
 def audit(
     actor: Actor,
     action: str,
@@ -159,7 +188,7 @@ def audit(
     outcome: str = "success",
     **detail: Any,
 ) -> AuditEvent:
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         actor_kind=actor.kind,
         actor=actor.name,
         user=actor.user if actor.user is not None and actor.user.pk else None,
@@ -170,6 +199,12 @@ def audit(
         patient=patient if patient is not None else (exam.order.patient if exam is not None else None),
         detail=detail,
     )
+    pending = getattr(_deferred, "events", None)
+    if pending is None:
+        event.save(force_insert=True)
+    else:
+        pending.append(event)
+    return event
 
 
 def _set_exam_status(exam: RequestedProcedure, new: str, actor: Actor, action: str, **detail: Any) -> None:
@@ -246,17 +281,22 @@ def register_patient(actor: Actor, patient_id: str, issuer: str, demographics: D
     """Create the patient, or update the demographics of the one with this id and issuer."""
     if not patient_id:
         raise WorkflowError("invalid", "patient identifier is missing", field="patient_id")
-    patient, created = Patient.objects.select_for_update().get_or_create(patient_id=patient_id, issuer=issuer)
+    given = vars(demographics)
+    patient, created = Patient.objects.select_for_update().get_or_create(
+        patient_id=patient_id, issuer=issuer, defaults=given
+    )
+    if created:
+        audit(actor, "patient.registered", patient=patient, changed=sorted(k for k, v in given.items() if v))
+        return patient
     if patient.merged_into_id:
         raise WorkflowError("invalid", f"patient {patient_id} was merged into another record", field="patient_id")
-    changed = {k: v for k, v in vars(demographics).items() if getattr(patient, k) != v}
-    for name, value in changed.items():
-        setattr(patient, name, value)
-    if created or changed:
+    changed = {k: v for k, v in given.items() if getattr(patient, k) != v}
+    if changed:
+        for name, value in changed.items():
+            setattr(patient, name, value)
         patient.save()
-        audit(actor, "patient.registered" if created else "patient.updated", patient=patient, changed=sorted(changed))
-        if not created:
-            _announce(_open_steps_of_patient(patient))
+        audit(actor, "patient.updated", patient=patient, changed=sorted(changed))
+        _announce(_open_steps_of_patient(patient))
     return patient
 
 
@@ -374,6 +414,9 @@ def _create_exam(actor: Actor, order: ImagingOrder, procedure: ProcedureRequest)
     # sender's UID is looked up, which saves a query per exam on the order hot path (issue 8).
     if procedure.study_instance_uid and RequestedProcedure.objects.filter(study_instance_uid=study_uid).exists():
         raise WorkflowError("duplicate", f"Study Instance UID {study_uid} already exists", field="study_instance_uid")
+    steps = procedure.steps or [StepRequest(modality=procedure.modality, description=procedure.procedure_description)]
+    # An exam whose steps all have a start time is written SCHEDULED at once (no second UPDATE).
+    status = E.SCHEDULED if all(s.start is not None for s in steps) else E.ORDERED
     exam = RequestedProcedure.objects.create(
         order=order,
         accession_number=accession,
@@ -384,12 +427,11 @@ def _create_exam(actor: Actor, order: ImagingOrder, procedure: ProcedureRequest)
         procedure_code_scheme=procedure.procedure_code_scheme,
         procedure_description=procedure.procedure_description,
         modality=procedure.modality,
-        status=E.ORDERED,
+        status=status,
     )
     audit(actor, "exam.ordered", exam=exam, new_status=E.ORDERED)
-    steps = procedure.steps or [StepRequest(modality=procedure.modality, description=procedure.procedure_description)]
     created = [
-        ScheduledStep.objects.create(
+        ScheduledStep(
             requested_procedure=exam,
             sps_id=s.sps_id or new_short_id(),
             modality=s.modality or procedure.modality,
@@ -404,9 +446,15 @@ def _create_exam(actor: Actor, order: ImagingOrder, procedure: ProcedureRequest)
         )
         for s in steps
     ]
-    if all(s.start is not None for s in created):
-        _set_exam_status(exam, E.SCHEDULED, actor, "exam.scheduled", steps=[s.sps_id for s in created])
+    # Announced before the INSERT: the worklist prepares the new steps' answers in memory and
+    # the INSERT stores them (see worklist.datasets.refresh_steps).
     _announce(created)
+    for step in created:
+        step.save(force_insert=True)
+    if status == E.SCHEDULED:
+        check_exam_transition(E.ORDERED, E.SCHEDULED)
+        steps_detail = [s.sps_id for s in created]
+        audit(actor, "exam.scheduled", exam=exam, old_status=E.ORDERED, new_status=E.SCHEDULED, steps=steps_detail)
     return exam
 
 

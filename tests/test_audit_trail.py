@@ -58,12 +58,29 @@ def test_mpps_from_a_modality_is_audited_against_the_exam(dicom_scp):
     assert events.exists() and all(e.actor_kind == "ae" for e in events)
 
 
-def test_hl7_message_receipt_is_audited_with_the_address_and_its_journal_entry(mllp_listener):
+def test_hl7_message_receipt_is_audited_with_the_sender_address_outcome_and_journal_entry(mllp_listener):
     assert msa(send(mllp_listener, orm(msg_id="AUD-1", placer="PLAUD", accession="ACCAUD")))[1] == "AA"
     event = AuditEvent.objects.get(action="hl7.received")
-    assert (event.actor_kind, event.actor, event.source_address) == ("hl7", "127.0.0.1", "127.0.0.1")
+    assert (event.actor_kind, event.actor, event.source_address, event.outcome) == (
+        "hl7",
+        "HIS^HOSP",
+        "127.0.0.1",
+        "success",
+    )
+    assert (event.detail["answer"], event.detail["control_id"]) == ("AA", "AUD-1")
     journal = InboundMessage.objects.get(pk=event.detail["journal"])
     assert (journal.sending_application, journal.control_id, journal.outcome) == ("HIS", "AUD-1", "AA")
+
+
+def test_refused_and_unreadable_hl7_frames_are_audited_as_failures(mllp_listener):
+    refused = orm(msg_id="AUD-2", placer="PLAUD2", accession="ACCAUD2").replace("ORM^O01", "ORU^R01")
+    assert msa(send(mllp_listener, refused))[1] == "AR"
+    assert msa(send(mllp_listener, "not HL7 at all"))[1] == "AR"
+    events = list(AuditEvent.objects.filter(action="hl7.received").order_by("pk"))
+    assert [(e.actor, e.outcome, e.detail["answer"]) for e in events] == [
+        ("HIS^HOSP", "failure", "AR"),
+        ("127.0.0.1", "failure", "AR"),
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -119,5 +136,5 @@ def test_audit_events_are_copied_to_an_rfc5424_syslog_collector(ris_env, tmp_pat
     match = RFC5424.match(next(d for d in datagrams if b" hl7.received " in d))
     assert match, datagrams
     assert int(match.group(1)) == 10 * 8 + 5  # authpriv.notice
-    assert b'actor="127.0.0.1"' in match.group(6) and b'outcome="success"' in match.group(6)
+    assert b'actor="HIS^HOSP" source="127.0.0.1"' in match.group(6) and b'outcome="success"' in match.group(6)
     assert b'"journal": ' in match.group(7)

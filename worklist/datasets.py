@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 
 from anyascii import anyascii
 from django.db.models import Model
@@ -32,14 +33,18 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 SPS_SEQUENCE = 0x00400100
 
 
+@cache
 def tag_key(keyword: str) -> str:
     """DICOM JSON attribute key ("00100010") of a keyword."""
     return f"{tag_for_keyword(keyword):08X}"
 
 
+_vr_of = cache(dictionary_VR)
+
+
 def element(keyword: str, value=None) -> tuple[str, dict]:
     """One DICOM JSON attribute; an empty value gives a zero-length attribute (Type 2)."""
-    vr = dictionary_VR(keyword)
+    vr = _vr_of(keyword)
     if value in (None, "", []):
         return tag_key(keyword), {"vr": vr}
     if vr == "PN":
@@ -135,10 +140,19 @@ def build_mwl_dataset(step: Model) -> dict:
 
 
 def refresh_steps(steps: Iterable[Model]) -> None:
-    """Rebuild the prepared answers of these steps from the database, in the caller's transaction."""
+    """Rebuild the prepared answers of these steps from the database, in the caller's transaction.
+
+    A step not saved yet (a new order) gets its answer in memory, from the exam, order and
+    patient it carries, and the caller's INSERT stores it: no read back, no second write."""
     from ris.models import ScheduledStep
 
+    steps = list(steps)
+    for step in steps:
+        if step.pk is None:
+            step.mwl_dataset = build_mwl_dataset(step) if step.start is not None else None
     given = {s.pk: s for s in steps if s.pk}
+    if not given:
+        return
     rows = list(ScheduledStep.objects.filter(pk__in=given).select_related("requested_procedure__order__patient"))
     for row in rows:
         # A step without a start time is not on the worklist: no answer to prepare.
