@@ -322,6 +322,8 @@ RIS_HIS_STATUS_UPDATES = env("RIS_HIS_STATUS_UPDATES", "IP,CM,DC")
 # ORC-1 of those messages: SC (status changed, RAD-3 to the order placer) or XO (RAD-13 style).
 RIS_HIS_STATUS_ORDER_CONTROL = env("RIS_HIS_STATUS_ORDER_CONTROL", "SC")
 RIS_HIS_STATUS_VERSION = env("RIS_HIS_STATUS_VERSION", "2.3.1")
+# Orders placed in the web UI go to the HIS as ORM^O01 SN (RAD-3 filler order), with RIS_HIS_MLLP.
+RIS_HIS_FILLER_ORDERS = env_bool("RIS_HIS_FILLER_ORDERS", True)
 # Countdown (ETA) tasks (the completeness re-check after the quiet period, outbox retries) wait
 # inside the worker unacknowledged. RabbitMQ raises the prefetch window for them; kombu's virtual
 # transports (the embedded SQLAlchemy broker) do not, so with a window of 1 per process two

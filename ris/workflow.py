@@ -400,6 +400,7 @@ def place_order(actor: Actor, patient: Patient, request: OrderRequest) -> Imagin
     audit(actor, "order.placed", patient=patient, placer=order.placer_order_number, filler=order.filler_order_number)
     for procedure in request.procedures:
         _create_exam(actor, order, procedure)
+    _queue_filler_order(actor, order)
     return order
 
 
@@ -1044,6 +1045,27 @@ def queue_his_status(exam: RequestedProcedure, order_status: str, performed: Per
     payload = build_order_status_message(exam, order_status, control_id)
     message = outbox.create_message(
         destination="orm", requested_procedure=exam, message_control_id=control_id, payload=payload
+    )
+    outbox.enqueue_on_commit([message])
+
+
+def _queue_filler_order(actor: Actor, order: ImagingOrder) -> None:
+    """RAD-3 filler order: an order a RIS user placed (not an HL7 placer's) is announced to the
+    HIS as ORM^O01 SN, written into the outbox in the order's transaction and linked to its first
+    exam, so that exam's status messages follow it. Off without RIS_HIS_MLLP or with
+    RIS_HIS_FILLER_ORDERS=0."""
+    if actor.kind != ActorKind.USER or order.source_application:
+        return
+    if not (settings.RIS_HIS_MLLP and settings.RIS_HIS_FILLER_ORDERS):
+        return
+    from hl7.filler_orders import build_filler_order_message  # the HL7 wire belongs to hl7/
+    from ris import outbox
+
+    control_id = f"F{order.pk}"
+    payload = build_filler_order_message(order, control_id, timezone.now())
+    first_exam = order.requested_procedures.order_by("id").first()
+    message = outbox.create_message(
+        destination="orm", requested_procedure=first_exam, message_control_id=control_id, payload=payload
     )
     outbox.enqueue_on_commit([message])
 
