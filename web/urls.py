@@ -49,6 +49,7 @@ urlpatterns = [
     path("reading/<str:accession>/", reading.report_editor, name="report_editor"),
     path("interfaces/", interfaces.interfaces, name="interfaces"),
     path("interfaces/hl7/<int:pk>/", interfaces.hl7_message, name="hl7_message"),
+    path("interfaces/hl7/<int:pk>/reprocess/", interfaces.hl7_reprocess_message, name="hl7_reprocess"),
     path("interfaces/outbox/retry/", interfaces.outbox_retry, name="outbox_retry"),
     path("statistics/", statistics.statistics, name="statistics"),
     path("settings/", settings_pages.settings_page, name="settings"),

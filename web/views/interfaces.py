@@ -13,11 +13,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from hl7 import reprocess as hl7_reprocess
 from hl7.models import InboundMessage
-from ris import health
+from ris import health, workflow
 from ris.models import Instance, OutboundMessage, OutboxStatus, PerformedStep
 from web.access import ADMINISTER, requires
-from web.views.common import actor_of
+from web.views.common import actor_of, safe_next
 from worklist.models import Modality
 
 PAGE_SIZE = 50
@@ -101,10 +102,33 @@ def hl7_message(request, pk: int):
         "web/hl7_message.html",
         {
             "message": message,
+            "reprocess_of": hl7_reprocess.reprocess_of(message),
+            "reprocesses": InboundMessage.objects.filter(peer=hl7_reprocess.link_peer(message)).order_by("pk"),
+            "can_reprocess": message.outcome in hl7_reprocess.REPROCESSABLE,
             "raw": bytes(message.raw).decode("utf-8", "replace").replace("\r", "\n"),
             "ack": bytes(message.ack or b"").decode("utf-8", "replace").replace("\r", "\n"),
         },
     )
+
+
+@require_POST
+@requires(ADMINISTER)
+def hl7_reprocess_message(request, pk: int):
+    """Run a rejected message again as a new journal entry (hl7.reprocess); show that entry."""
+    original = get_object_or_404(InboundMessage, pk=pk)
+    try:
+        done = hl7_reprocess.reprocess(actor_of(request), original)
+    except workflow.WorkflowError as error:
+        messages.error(request, error.reason)
+        return redirect(safe_next(request, "web:interfaces"))
+    text = _("Message #%(old)d reprocessed as #%(new)d (MSH-10 %(control_id)s): answer %(outcome)s.") % {
+        "old": original.pk,
+        "new": done.entry.pk,
+        "control_id": done.control_id or "?",
+        "outcome": done.entry.outcome or "—",
+    }
+    (messages.success if done.entry.outcome == "AA" else messages.warning)(request, text)
+    return redirect("web:hl7_message", done.entry.pk)
 
 
 @require_POST

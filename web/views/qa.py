@@ -7,12 +7,14 @@ import datetime as dt
 
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Q
+from django.db.models import CharField, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Cast, Concat
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from hl7 import reprocess as hl7_reprocess
 from hl7.models import InboundMessage
 from ris import workflow
 from ris.models import ExamStatus, RequestedProcedure
@@ -36,9 +38,25 @@ def qa(request):
             "missing_images": related.filter(status=ExamStatus.COMPLETED)
             .filter(Q(status_changed_at__lt=overdue) | ~Q(qa_problem=""))
             .order_by("status_changed_at")[:100],
-            "rejected": InboundMessage.objects.filter(outcome__in=["AE", "AR"]).order_by("-received_at")[:100],
+            "rejected": rejected_messages()[:100],
             "accept_form": AcceptForm(),
         },
+    )
+
+
+def rejected_messages():
+    """AE/AR answers still to deal with: not themselves reprocess runs, and not reprocessed to an
+    AA since; each with the answer of its latest reprocess, if any."""
+    runs = InboundMessage.objects.filter(
+        peer=Concat(Value(hl7_reprocess.PEER_PREFIX), Cast(OuterRef("pk"), CharField()))
+    ).order_by("-pk")
+    return (
+        InboundMessage.objects.filter(outcome__in=hl7_reprocess.REPROCESSABLE)
+        .exclude(peer__startswith=hl7_reprocess.PEER_PREFIX)
+        .annotate(last_reprocess=Subquery(runs.values("pk")[:1]), last_outcome=Subquery(runs.values("outcome")[:1]))
+        .filter(Q(last_outcome__isnull=True) | ~Q(last_outcome="AA"))
+        .defer("raw", "ack")
+        .order_by("-received_at")
     )
 
 
