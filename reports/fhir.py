@@ -18,7 +18,6 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from django.conf import settings
-from fhir.resources.R4B import get_fhir_model_class
 
 from reports.oru import exam_started_at
 from ris.models import ExamStatus, Instance, Patient, Report, ReportStatus, RequestedProcedure, Series
@@ -90,6 +89,10 @@ def with_meta(resource: dict) -> dict:
 
 def validate(resource: dict) -> dict:
     """Check a resource against its fhir.resources R4B model; raise pydantic.ValidationError if not valid."""
+    # Imported on first use: fhir.resources and pydantic cost ~20 MB, and only the processes that
+    # render or serve FHIR (worker, web) ever validate; MLLP, DICOM and beat never do.
+    from fhir.resources.R4B import get_fhir_model_class
+
     get_fhir_model_class(resource["resourceType"]).model_validate(resource)
     return resource
 
