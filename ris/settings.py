@@ -211,6 +211,16 @@ CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "ris.tasks.heartbeat", "schedule": 30.0},
 }
 
+# --- Process counts of `manage.py runris` (docs/deployment.md, "Sizing") -----------------
+# Each process holds ~60-80 MB. One web process with threads serves a small department (its
+# pages wait on the database, not the CPU); give RIS_WEB_WORKERS one per core for more users.
+RIS_WEB_WORKERS = env_int("RIS_WEB_WORKERS", 1)
+RIS_WEB_THREADS = env_int("RIS_WEB_THREADS", 8)
+# Celery tasks wait on the network (HIS, FHIR server, PACS) and the database: threads in one
+# process by default; "prefork" runs each in a child process instead.
+RIS_WORKER_POOL = env("RIS_WORKER_POOL", "threads")
+RIS_WORKER_CONCURRENCY = env_int("RIS_WORKER_CONCURRENCY", 4)
+
 # --- Logging ----------------------------------------------------------------------
 
 LOGGING = {
