@@ -43,6 +43,7 @@ from hl7.mapping import MappingError, OrderItem, PatientRecord
 from hl7.models import InboundMessage, ResponseMode, SenderProfile
 from hl7.signals import message_journaled
 from ris import workflow
+from ris.compiled import CompiledQuery
 from ris.models import ExamStatus, Patient
 
 log = logging.getLogger(__name__)
@@ -253,21 +254,35 @@ def sender_profile(application: str, facility: str) -> SenderProfile:
     return profile
 
 
+# Earlier AA/AE answers to one MSH-10 from one sender, oldest first (run once per message).
+_EARLIER_ANSWERS = CompiledQuery(
+    lambda application, facility, control_id, before: (
+        InboundMessage.objects.filter(
+            sending_application=application,
+            sending_facility=facility,
+            control_id=control_id,
+            outcome__in=("AA", "AE"),
+            pk__lt=before,
+        )
+        .only("pk", "ack", "outcome")
+        .order_by("pk")[:1]
+    ),
+    application=str,
+    facility=str,
+    control_id=str,
+    before=int,
+)
+
+
 def _previous_answer(entry: InboundMessage) -> InboundMessage | None:
     """An earlier AA/AE answer to the same MSH-10 from the same sender (AR may be resent unchanged)."""
     if not entry.control_id:
         return None
-    return (
-        InboundMessage.objects.filter(
-            sending_application=entry.sending_application,
-            sending_facility=entry.sending_facility,
-            control_id=entry.control_id,
-            outcome__in=("AA", "AE"),
-        )
-        .exclude(pk=entry.pk)
-        .only("pk", "ack", "outcome")
-        .order_by("pk")
-        .first()
+    return _EARLIER_ANSWERS.first(
+        application=entry.sending_application,
+        facility=entry.sending_facility,
+        control_id=entry.control_id,
+        before=entry.pk,
     )
 
 

@@ -23,11 +23,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Count, Exists, Max, OuterRef, Q
 from django.db.models.signals import post_save
 from django.dispatch import Signal
 from django.utils import timezone
 
+from ris.compiled import CompiledQuery
 from ris.models import (
     ActorKind,
     AuditEvent,
@@ -276,18 +277,42 @@ def _open_steps_of_patient(patient: Patient) -> list[ScheduledStep]:
     )
 
 
+# Hot-path lookups of an HL7 order, compiled once (ris.compiled).
+_PATIENT_FOR_UPDATE = CompiledQuery(
+    lambda patient_id, issuer: Patient.objects.select_for_update().filter(patient_id=patient_id, issuer=issuer),
+    patient_id=str,
+    issuer=str,
+)
+_ORDER_BY_PLACER = CompiledQuery(
+    lambda number, issuer: ImagingOrder.objects.filter(placer_order_number=number, placer_issuer=issuer).values_list(
+        "pk"
+    )[:1],
+    number=str,
+    issuer=str,
+)
+_EXAM_BY_ACCESSION = CompiledQuery(
+    lambda number, issuer: RequestedProcedure.objects.filter(
+        accession_number=number, accession_issuer=issuer
+    ).values_list("pk")[:1],
+    number=str,
+    issuer=str,
+)
+
+
 @transaction.atomic
 def register_patient(actor: Actor, patient_id: str, issuer: str, demographics: Demographics) -> Patient:
     """Create the patient, or update the demographics of the one with this id and issuer."""
     if not patient_id:
         raise WorkflowError("invalid", "patient identifier is missing", field="patient_id")
     given = vars(demographics)
-    patient, created = Patient.objects.select_for_update().get_or_create(
-        patient_id=patient_id, issuer=issuer, defaults=given
-    )
-    if created:
-        audit(actor, "patient.registered", patient=patient, changed=sorted(k for k, v in given.items() if v))
-        return patient
+    patient = _PATIENT_FOR_UPDATE.first(patient_id=patient_id, issuer=issuer)
+    if patient is None:
+        patient, created = Patient.objects.select_for_update().get_or_create(
+            patient_id=patient_id, issuer=issuer, defaults=given
+        )
+        if created:
+            audit(actor, "patient.registered", patient=patient, changed=sorted(k for k, v in given.items() if v))
+            return patient
     if patient.merged_into_id:
         raise WorkflowError("invalid", f"patient {patient_id} was merged into another record", field="patient_id")
     changed = {k: v for k, v in given.items() if getattr(patient, k) != v}
@@ -383,11 +408,8 @@ def place_order(actor: Actor, patient: Patient, request: OrderRequest) -> Imagin
     _require_permission(actor, "ris.schedule_exam", "place orders")
     if not request.procedures:
         raise WorkflowError("invalid", "an order needs at least one requested procedure", field="procedures")
-    if (
-        request.placer_order_number
-        and ImagingOrder.objects.filter(
-            placer_order_number=request.placer_order_number, placer_issuer=request.placer_issuer
-        ).exists()
+    if request.placer_order_number and _ORDER_BY_PLACER.rows(
+        number=request.placer_order_number, issuer=request.placer_issuer
     ):
         raise WorkflowError(
             "duplicate",
@@ -406,9 +428,7 @@ def place_order(actor: Actor, patient: Patient, request: OrderRequest) -> Imagin
 
 def _create_exam(actor: Actor, order: ImagingOrder, procedure: ProcedureRequest) -> RequestedProcedure:
     accession = procedure.accession_number or new_accession_number()
-    if RequestedProcedure.objects.filter(
-        accession_number=accession, accession_issuer=procedure.accession_issuer
-    ).exists():
+    if _EXAM_BY_ACCESSION.rows(number=accession, issuer=procedure.accession_issuer):
         raise WorkflowError("duplicate", f"accession number {accession} already exists", field="accession_number")
     study_uid = procedure.study_instance_uid or new_uid()
     # A UID we made from a UUID cannot exist yet (the unique constraint still guards it): only a
@@ -1182,21 +1202,48 @@ def record_instances_arrived(
     return study
 
 
+def unmatched_studies(exam: RequestedProcedure | None = None):
+    """Studies recorded without an exam (images or an IAN came before the order) that an exam now
+    claims by Study Instance UID or accession number; those `exam` claims when given."""
+    studies = Study.objects.filter(requested_procedure__isnull=True)
+    if exam is not None:
+        by_accession = Q(accession_number=exam.accession_number) if exam.accession_number else Q(pk__in=[])
+        return studies.filter(Q(study_instance_uid=exam.study_instance_uid) | by_accession)
+    by_uid = RequestedProcedure.objects.filter(study_instance_uid=OuterRef("study_instance_uid"))
+    by_accession = RequestedProcedure.objects.filter(accession_number=OuterRef("accession_number"))
+    return studies.filter(Exists(by_uid) | (~Q(accession_number="") & Exists(by_accession)))
+
+
+@transaction.atomic
+def match_unmatched_study(actor: Actor, study: Study) -> RequestedProcedure | None:
+    """Give a study that arrived before its order the exam it belongs to now: by Study Instance
+    UID, then accession number (the rule of a fresh arrival). Returns that exam, or None."""
+    study = Study.objects.select_for_update().filter(pk=study.pk, requested_procedure__isnull=True).first()
+    exam = find_exam(study.study_instance_uid, study.accession_number) if study is not None else None
+    if exam is None:
+        return None
+    study.requested_procedure = exam
+    study.save(update_fields=["requested_procedure"])
+    audit(actor, "study.matched", exam=exam, study=study.study_instance_uid, arrived_before_order=True)
+    return exam
+
+
 @dataclass
 class Completeness:
-    """The §7 reconciliation of one exam: expected (E) against arrived (A), by UID."""
+    """The §7 reconciliation of one exam: expected (E) against arrived (A), by SOP Instance UID.
+    The sets are compared in SQL; only their sizes come back."""
 
-    expected: set[str]
-    arrived: set[str]
-    extra: set[str]
-    expected_series: set[str]
-    arrived_series: set[str]
+    performed_ids: list[int]
+    expected: int
+    missing: int
+    extra: int
+    series_complete: bool | None  # the MPPS's series arrived (None: it lists instances, or nothing)
     last_arrival_at: dt.datetime | None
     mpps_completed: bool
 
     @property
-    def missing(self) -> set[str]:
-        return self.expected - self.arrived
+    def arrived(self) -> int:
+        return self.expected - self.missing
 
     @property
     def images_complete(self) -> bool:
@@ -1205,9 +1252,9 @@ class Completeness:
         if self.expected:
             return not self.missing
         # An MPPS without a Referenced Image Sequence: rely on its series UIDs (and the quiet period).
-        if self.expected_series:
-            return self.expected_series <= self.arrived_series
-        return bool(self.arrived or self.extra)
+        if self.series_complete is not None:
+            return self.series_complete
+        return bool(self.extra)
 
 
 def _series_uids(attributes: dict) -> set[str]:
@@ -1216,37 +1263,53 @@ def _series_uids(attributes: dict) -> set[str]:
     return {uid for item in items for uid in item.get("0020000E", {}).get("Value", []) or [] if uid}
 
 
+def _expected_instances(performed_ids: Sequence[int]):
+    return ExpectedInstance.objects.filter(performed_step__in=performed_ids)
+
+
+def _not_arrived() -> Exists:
+    """For an expected instance: nothing with its UID is stored here or available at the PACS."""
+    return ~Exists(Instance.objects.filter(sop_instance_uid=OuterRef("sop_instance_uid"), availability__in=AVAILABLE))
+
+
+def _series_arrived(performed: Sequence[PerformedStep]) -> bool | None:
+    expected_series = set().union(*(_series_uids(p.attributes) for p in performed))
+    if not expected_series:
+        return None
+    arrived = Series.objects.filter(series_instance_uid__in=expected_series, instances__availability__in=AVAILABLE)
+    return arrived.values("series_instance_uid").distinct().count() == len(expected_series)
+
+
 def assess_completeness(exam: RequestedProcedure) -> Completeness:
     performed = list(
         PerformedStep.objects.filter(
             scheduled_steps__requested_procedure=exam, status__in=(P.COMPLETED, P.DISCONTINUED)
         ).distinct()
     )
-    expected = set(
-        ExpectedInstance.objects.filter(performed_step__in=performed).values_list("sop_instance_uid", flat=True)
+    ids = [p.pk for p in performed]
+    counts = _expected_instances(ids).aggregate(
+        expected=Count("sop_instance_uid", distinct=True),
+        missing=Count("sop_instance_uid", distinct=True, filter=_not_arrived()),
     )
-    arrived = set(
-        Instance.objects.filter(sop_instance_uid__in=expected, availability__in=AVAILABLE).values_list(
-            "sop_instance_uid", flat=True
-        )
+    listed = ExpectedInstance.objects.filter(performed_step__in=ids, sop_instance_uid=OuterRef("sop_instance_uid"))
+    extra = (
+        Instance.objects.filter(series__study__requested_procedure=exam, availability__in=AVAILABLE)
+        .filter(~Exists(listed))
+        .count()
     )
-    of_exam = Instance.objects.filter(series__study__requested_procedure=exam, availability__in=AVAILABLE)
-    extra = set(of_exam.exclude(sop_instance_uid__in=expected).values_list("sop_instance_uid", flat=True))
-    expected_series = set().union(*(_series_uids(p.attributes) for p in performed))
-    arrived_series = set(
-        Series.objects.filter(series_instance_uid__in=expected_series, instances__availability__in=AVAILABLE)
-        .values_list("series_instance_uid", flat=True)
-        .distinct()
-    )
-    studies = Study.objects.filter(Q(requested_procedure=exam) | Q(series__instances__sop_instance_uid__in=expected))
-    last = max((s for s in studies.values_list("last_arrival_at", flat=True) if s), default=None)
+    # The quiet period counts from the last arrival in the exam's studies, and in any study that
+    # holds a listed instance (one not matched to the exam yet).
+    holding = Series.objects.filter(
+        instances__sop_instance_uid__in=_expected_instances(ids).values("sop_instance_uid")
+    ).values("study_id")
+    last = Study.objects.filter(Q(requested_procedure=exam) | Q(pk__in=holding)).aggregate(last=Max("last_arrival_at"))
     return Completeness(
-        expected=expected,
-        arrived=arrived,
+        performed_ids=ids,
+        expected=counts["expected"],
+        missing=counts["missing"],
         extra=extra,
-        expected_series=expected_series,
-        arrived_series=arrived_series,
-        last_arrival_at=last,
+        series_complete=None if counts["expected"] else _series_arrived(performed),
+        last_arrival_at=last["last"],
         mpps_completed=any(p.status == P.COMPLETED for p in performed),
     )
 
@@ -1261,44 +1324,65 @@ class ArrivalDecision:
     missing: int = 0
 
 
-@transaction.atomic
-def settle_exam_arrivals(actor: Actor, exam: RequestedProcedure, *, now: dt.datetime | None = None) -> ArrivalDecision:
-    """The completeness decision for a COMPLETED exam (swf-spec §7): READY_FOR_READING once the
-    MPPS is COMPLETED, every instance it lists has arrived and nothing arrived for the quiet
-    period. Extras are flagged, never blocking; instances still missing after the timeout put the
-    exam on the QA list. Idempotent: the exam row is locked and its status decides."""
-    exam = _lock_exam(exam)
-    if exam.status != E.COMPLETED:
-        return ArrivalDecision("not_applicable")
-    now = now or timezone.now()
+def _arrival_decision(exam: RequestedProcedure, now: dt.datetime) -> tuple[ArrivalDecision, Completeness]:
     c = assess_completeness(exam)
     if not c.images_complete:
         waited = (now - exam.status_changed_at).total_seconds()
         timeout = settings.RIS_ARRIVAL_MISSING_TIMEOUT_SECONDS
         if waited < timeout:
-            return ArrivalDecision("incomplete", wait_seconds=timeout - waited, missing=len(c.missing))
-        if QA_IMAGES_MISSING not in exam.qa_problem:
-            _clear_qa(exam, QA_IMAGES_MISSING)
-            _flag_qa(exam, f"{QA_IMAGES_MISSING}: {len(c.missing)} of {len(c.expected)}")
-            audit(actor, "exam.images_missing", exam=exam, missing=sorted(c.missing)[:100], count=len(c.missing))
-        return ArrivalDecision("images_missing", missing=len(c.missing))
+            return ArrivalDecision("incomplete", wait_seconds=timeout - waited, missing=c.missing), c
+        return ArrivalDecision("images_missing", missing=c.missing), c
     quiet = settings.RIS_ARRIVAL_QUIET_SECONDS
     since_last = (now - c.last_arrival_at).total_seconds() if c.last_arrival_at else quiet
     if since_last < quiet:
-        return ArrivalDecision("waiting_quiet", wait_seconds=quiet - since_last)
-    _clear_qa(exam, QA_IMAGES_MISSING)
-    if c.extra:
-        _flag_qa(exam, f"{QA_EXTRA_INSTANCES}: {len(c.extra)}")
-    _set_exam_status(
-        exam,
-        E.READY_FOR_READING,
-        actor,
-        "exam.ready_for_reading",
-        expected=len(c.expected),
-        arrived=len(c.arrived),
-        extra=len(c.extra),
-    )
-    return ArrivalDecision("ready")
+        return ArrivalDecision("waiting_quiet", wait_seconds=quiet - since_last), c
+    return ArrivalDecision("ready"), c
+
+
+def settle_exam_arrivals(actor: Actor, exam: RequestedProcedure, *, now: dt.datetime | None = None) -> ArrivalDecision:
+    """The completeness decision for a COMPLETED exam (swf-spec §7): READY_FOR_READING once the
+    MPPS is COMPLETED, every instance it lists has arrived and nothing arrived for the quiet
+    period. Extras are flagged, never blocking; instances still missing after the timeout put the
+    exam on the QA list. Most checks change nothing and only read; a decision that changes the
+    exam is taken again under its row lock, where its status decides (idempotent)."""
+    exam = RequestedProcedure.objects.filter(pk=exam.pk).first()
+    if exam is None or exam.status != E.COMPLETED:
+        return ArrivalDecision("not_applicable")
+    decision, _ = _arrival_decision(exam, now or timezone.now())
+    if decision.outcome in ("incomplete", "waiting_quiet"):
+        return decision
+    if decision.outcome == "images_missing" and QA_IMAGES_MISSING in exam.qa_problem:
+        return decision
+    return _settle_locked(actor, exam, now)
+
+
+@transaction.atomic
+def _settle_locked(actor: Actor, exam: RequestedProcedure, now: dt.datetime | None) -> ArrivalDecision:
+    exam = _lock_exam(exam)
+    if exam.status != E.COMPLETED:
+        return ArrivalDecision("not_applicable")
+    decision, c = _arrival_decision(exam, now or timezone.now())
+    if decision.outcome == "images_missing" and QA_IMAGES_MISSING not in exam.qa_problem:
+        _clear_qa(exam, QA_IMAGES_MISSING)
+        _flag_qa(exam, f"{QA_IMAGES_MISSING}: {c.missing} of {c.expected}")
+        missing = _expected_instances(c.performed_ids).filter(_not_arrived()).order_by("sop_instance_uid")
+        missing = missing.values_list("sop_instance_uid")
+        uids = list(dict.fromkeys(uid for (uid,) in missing[:200]))[:100]
+        audit(actor, "exam.images_missing", exam=exam, missing=uids, count=c.missing)
+    elif decision.outcome == "ready":
+        _clear_qa(exam, QA_IMAGES_MISSING)
+        if c.extra:
+            _flag_qa(exam, f"{QA_EXTRA_INSTANCES}: {c.extra}")
+        _set_exam_status(
+            exam,
+            E.READY_FOR_READING,
+            actor,
+            "exam.ready_for_reading",
+            expected=c.expected,
+            arrived=c.arrived,
+            extra=c.extra,
+        )
+    return decision
 
 
 # How far an exam had come, as the path an ordered exam takes to get there.
