@@ -14,7 +14,7 @@ figure, for every server):
 - broad: everything on one day (one SPS start date; 1,000 items from N = 10k).
 
 `run(quick)` returns the Markdown section with medians, match counts and ratios ours/peer,
-and writes docs/benchmarks/mwl_latency.svg (latency vs N, log scales).
+and writes docs/benchmarks/mwl_latency.png (latency vs N, log scales, matplotlib).
 Usage alone: `.venv/bin/python bench/bench_mwl.py [--quick]`.
 """
 
@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from common import PY, ROOT, cpu_seconds, free_port, start, stop, wait_port
+
+PLOT = ROOT / "docs" / "benchmarks" / "mwl_latency.png"
 MODALITIES = ["CT", "MR", "US", "CR", "DX"]
 QUERY_DAY = "20250102"
 ORTHANC_WORKLISTS_PLUGIN = "/usr/share/orthanc/plugins/libModalityWorklists.so"
@@ -207,35 +205,6 @@ def write_wl(path: Path, r: dict) -> None:
 # --- Running the servers and timing findscu ---------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def query_keys(kind: str, n: int) -> list[str]:
     return [k.format(middle=n // 2) for k in QUERIES[kind]] + RETURN_KEYS
 
@@ -251,12 +220,6 @@ def findscu(port: int, called: str, keys: list[str], quiet: bool = True) -> subp
 def count_matches(port: int, called: str, keys: list[str]) -> int:
     log = findscu(port, called, keys, quiet=False)
     return (log.stdout + log.stderr).decode("latin-1").count("(Pending)")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a server process (user + system, with any children it reaped)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(port: int, called: str, keys: list[str]) -> float:
@@ -281,12 +244,6 @@ def compare(servers: dict[str, tuple[int, str, int]], keys: list[str], runs: int
             walls[name].append(timed(port, called, keys))
             cpu[name] += cpu_seconds(pid) - before
     return {name: (statistics.median(walls[name]), cpu[name] / runs) for name in servers}
-
-
-def start_server(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
 
 
 def orthanc_config(work: Path, n: int, wl_dir: Path, dicom_port: int) -> Path:
@@ -325,26 +282,25 @@ def measure(n: int, runs: int, work: Path) -> list[dict]:
         "DJANGO_SETTINGS_MODULE": "ris.settings",
         "TCP_NODELAY": "1",
     }
-    subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     started = time.monotonic()
-    subprocess.run([PYTHON, __file__, "--generate", str(n), str(wl_dir)], cwd=ROOT, env=env, check=True)
+    subprocess.run([PY, __file__, "--generate", str(n), str(wl_dir)], cwd=ROOT, env=env, check=True)
     print(f"   N={n}: generated in {time.monotonic() - started:.0f} s", flush=True)
     peer_env = {**os.environ, "TCP_NODELAY": "1"}
     ports = {name: free_port() for name in SERVERS}
     processes = {
-        "ris": start_server(
-            [PYTHON, "manage.py", "rundicom"],
+        "ris": start(
+            [PY, "manage.py", "rundicom"],
             {**env, "RIS_DICOM_PORT": str(ports["ris"]), "RIS_LOG_LEVEL": "WARNING"},
-            ROOT,
         ),
         # -s: one process (no fork per association), so its CPU time is measurable; queries come
         # one at a time, so this only saves wlmscpfs the fork.
-        "wlmscpfs": start_server(["wlmscpfs", "-s", "-dfp", str(wl_dir), str(ports["wlmscpfs"])], peer_env),
+        "wlmscpfs": start(["wlmscpfs", "-s", "-dfp", str(wl_dir), str(ports["wlmscpfs"])], peer_env),
     }
     if "orthanc" in SERVERS:
         (work / "orthanc-logs").mkdir(exist_ok=True)
         config = orthanc_config(work, n, wl_dir, ports["orthanc"])
-        processes["orthanc"] = start_server(["Orthanc", f"--logdir={work / 'orthanc-logs'}", str(config)], peer_env)
+        processes["orthanc"] = start(["Orthanc", f"--logdir={work / 'orthanc-logs'}", str(config)], peer_env, cwd=work)
     rows = []
     try:
         for name, process in processes.items():
@@ -361,7 +317,7 @@ def measure(n: int, runs: int, work: Path) -> list[dict]:
             print(f"   N={n} {kind}: {row}", flush=True)
     finally:
         for process in processes.values():
-            stop(process)
+            stop(process, grace=20)
         shutil.rmtree(wl_dir, ignore_errors=True)
         shutil.rmtree(work / f"orthanc{n}", ignore_errors=True)
         db.unlink(missing_ok=True)
@@ -371,55 +327,45 @@ def measure(n: int, runs: int, work: Path) -> list[dict]:
 # --- Report ------------------------------------------------------------------------------
 
 
-def svg_plot(rows: list[dict], path: Path) -> None:
-    """Latency vs N on log-log axes, one line per server and query (no plotting dependency)."""
-    w, h, left, bottom, top, right = 700, 420, 60, 40, 24, 190
-    ns = sorted({r["n"] for r in rows})
-    ys = [v for r in rows for v in r["wall"].values()]
-    x0, x1 = math.log10(min(ns)) - 0.1, math.log10(max(ns)) + 0.1
-    y0, y1 = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
-    y1 = max(y1, y0 + 1)
+def plot(rows: list[dict], path: Path = PLOT) -> bool:
+    """Latency vs N on log-log axes: a colour per query, a line style per server."""
+    try:
+        import matplotlib
 
-    def px(n: float) -> float:
-        return left + (math.log10(n) - x0) / (x1 - x0) * (w - left - right)
-
-    def py(sec: float) -> float:
-        return h - bottom - (math.log10(sec) - y0) / (y1 - y0) * (h - bottom - top)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
-        f'<rect width="{w}" height="{h}" fill="white"/>',
-        f'<text x="{left}" y="{top - 8}">MWL C-FIND median latency vs N (findscu -W, loopback, log scales)</text>',
-    ]
-    for e in range(y0, y1 + 1):
-        y = py(10**e)
-        parts.append(f'<line x1="{left}" x2="{w - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10**e:g} s</text>')
-    for n in ns:
-        x = px(n)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{h - bottom}" stroke="#eee"/>')
-        parts.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">N={n:,}</text>')
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator
+    except ImportError:
+        return False
     colours = {"narrow": "#1b9e77", "typical": "#d95f02", "broad": "#7570b3"}
-    dashes = {"ris": "", "wlmscpfs": ' stroke-dasharray="6,4"', "orthanc": ' stroke-dasharray="2,3"'}
-    legend_y = top + 10
+    styles = {"ris": "-", "wlmscpfs": "--", "orthanc": ":"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for kind, colour in colours.items():
-        for server, dash in dashes.items():
+        for server, style in styles.items():
             points = sorted((r["n"], r["wall"][server]) for r in rows if r["query"] == kind and server in r["wall"])
-            if not points:
-                continue
-            coords = " ".join(f"{px(n):.1f},{py(sec):.1f}" for n, sec in points)
-            parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
-            lx = w - right + 10
-            swatch = f'x1="{lx}" x2="{lx + 24}" y1="{legend_y}" y2="{legend_y}"'
-            parts.append(f'<line {swatch} stroke="{colour}" stroke-width="2"{dash}/>')
-            parts.append(f'<text x="{lx + 30}" y="{legend_y + 4}">{kind}, {LABELS[server]}</text>')
-            legend_y += 16
-    parts.append("</svg>")
+            if points:
+                ns, secs = zip(*points, strict=True)
+                label = f"{kind}, {LABELS[server]}"
+                ax.plot(ns, secs, style, color=colour, marker="o", markersize=3, linewidth=2, label=label)
+    ns = sorted({r["n"] for r in rows})
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(ns, [f"N={n:,}" for n in ns])
+    ax.minorticks_off()
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g} s"))
+    ax.set_ylabel("median seconds per query (log)")
+    ax.set_title("MWL C-FIND median latency vs N (findscu -W, loopback)", fontsize=10)
+    ax.grid(True, which="major", color="#ddd")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
-def markdown(rows: list[dict], quick: bool) -> str:
+def markdown(rows: list[dict], quick: bool, plotted: bool) -> str:
     peers = [name for name in SERVERS if name != "ris"]
     head = ["N", "query", "matches", "RIS (s)"] + [f"{LABELS[p]} (s)" for p in peers]
     head += [f"RIS/{LABELS[p]}" for p in peers] + ["server CPU ms: " + " / ".join(LABELS[s] for s in SERVERS), "runs"]
@@ -446,7 +392,9 @@ def markdown(rows: list[dict], quick: bool) -> str:
         cells += [f"**{r['wall']['ris'] / r['wall'][p]:.2f}**" for p in peers]
         cells += [" / ".join(f"{r['cpu'][s] * 1000:.0f}" for s in SERVERS), str(r["runs"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "![MWL latency vs N](benchmarks/mwl_latency.svg)", ""]
+    lines.append("")
+    if plotted:
+        lines += [f"![MWL latency vs N](benchmarks/{PLOT.name})", ""]
     return "\n".join(lines)
 
 
@@ -458,8 +406,7 @@ def run(quick: bool) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-mwl-") as tmp:
         for n, runs in sizes.items():
             rows += measure(n, runs, Path(tmp))
-    svg_plot(rows, ROOT / "docs" / "benchmarks" / "mwl_latency.svg")
-    return markdown(rows, quick)
+    return markdown(rows, quick, plot(rows))
 
 
 if __name__ == "__main__":
