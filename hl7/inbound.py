@@ -131,6 +131,12 @@ def _process(entry: InboundMessage, raw: bytes, peer: str) -> bytes:
         _finish(entry, exc.code, ack, exc.error.text)
         return ack
     _note_header(entry, header.msh)
+    try:
+        check_sender(header, peer)
+    except Rejected as exc:
+        ack = _encode(build_ack(header.msh, exc.code, exc.error), header)
+        _finish(entry, exc.code, ack, exc.error.text)
+        return ack
     previous = _previous_answer(entry)
     if previous is not None:
         _finish(entry, previous.outcome, bytes(previous.ack), f"repeated MSH-10; answer of journal #{previous.pk} sent")
@@ -162,6 +168,12 @@ def _process(entry: InboundMessage, raw: bytes, peer: str) -> bytes:
     except Exception as exc:
         log.exception("HL7 message from %s failed", peer)
         code, error = "AE", HL7Error(ERR_INTERNAL, f"internal error: {exc.__class__.__name__}")
+    twin = _previous_answer(entry)
+    if twin is not None:
+        # The same MSH-10 came on another connection at the same moment and was answered first:
+        # this copy gets that answer, as a resend would (the refusal was only the race).
+        _finish(entry, twin.outcome, bytes(twin.ack), f"repeated MSH-10 at once; answer of journal #{twin.pk} sent")
+        return bytes(twin.ack)
     ack = _encode(build_ack(header.msh, code, error, _replies_for(header, replies)), header)
     _finish(entry, code, ack, error.text if error else "")
     return ack
@@ -186,6 +198,20 @@ def read_header(raw: bytes) -> Header:
     if charset.upper() not in CHARSETS:
         raise Rejected("AR", HL7Error(ERR_TABLE_VALUE_NOT_FOUND, f"unsupported character set {charset!r}", "MSH", 18))
     return Header(msh, CHARSETS[charset.upper()], profile)
+
+
+def check_sender(header: Header, peer: str) -> None:
+    """AR for a sender without a profile (RIS_HL7_KNOWN_SENDERS_ONLY) or sending from an
+    address its profile does not allow: the value of MSH-3/4 is not in the RIS's table of senders."""
+    profile = header.profile
+    sender = f"{msh_field(header.msh, 3)} (facility {msh_field(header.msh, 4) or 'empty'})"
+    if profile.pk is None and settings.RIS_HL7_KNOWN_SENDERS_ONLY:
+        raise Rejected("AR", HL7Error(ERR_TABLE_VALUE_NOT_FOUND, f"unknown sender {sender}", "MSH", 3))
+    address = peer.rsplit(":", 1)[0]
+    if not profile.allows_address(address):
+        raise Rejected(
+            "AR", HL7Error(ERR_TABLE_VALUE_NOT_FOUND, f"sender {sender} is not allowed from {address}", "MSH", 3)
+        )
 
 
 def _loose_msh(raw: bytes) -> list[str]:
@@ -254,23 +280,23 @@ def sender_profile(application: str, facility: str) -> SenderProfile:
     return profile
 
 
-# Earlier AA/AE answers to one MSH-10 from one sender, oldest first (run once per message).
-_EARLIER_ANSWERS = CompiledQuery(
-    lambda application, facility, control_id, before: (
+# Other AA/AE answers to one MSH-10 from one sender, oldest first (run once per message).
+_OTHER_ANSWERS = CompiledQuery(
+    lambda application, facility, control_id, entry: (
         InboundMessage.objects.filter(
             sending_application=application,
             sending_facility=facility,
             control_id=control_id,
             outcome__in=("AA", "AE"),
-            pk__lt=before,
         )
+        .exclude(pk=entry)
         .only("pk", "ack", "outcome")
         .order_by("pk")[:1]
     ),
     application=str,
     facility=str,
     control_id=str,
-    before=int,
+    entry=int,
 )
 
 
@@ -278,11 +304,11 @@ def _previous_answer(entry: InboundMessage) -> InboundMessage | None:
     """An earlier AA/AE answer to the same MSH-10 from the same sender (AR may be resent unchanged)."""
     if not entry.control_id:
         return None
-    return _EARLIER_ANSWERS.first(
+    return _OTHER_ANSWERS.first(
         application=entry.sending_application,
         facility=entry.sending_facility,
         control_id=entry.control_id,
-        before=entry.pk,
+        entry=entry.pk,
     )
 
 

@@ -1,6 +1,9 @@
 """The inbound HL7 journal (every frame received over MLLP, stored raw before processing) and
 the per-sender settings of the HL7 interface (what to answer, how to read what they send)."""
 
+import ipaddress
+
+from django.core.exceptions import ValidationError
 from django.db import models
 
 
@@ -24,6 +27,14 @@ class InboundMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_type or '?'} {self.control_id or '?'} from {self.peer} ({self.outcome or '-'})"
+
+
+def validate_networks(value: str) -> None:
+    for network in (n.strip() for n in value.split(",") if n.strip()):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValidationError(f"{network!r} is not an address or a network (CIDR)") from None
 
 
 class ResponseMode(models.TextChoices):
@@ -66,6 +77,13 @@ class SenderProfile(models.Model):
     protocol_code_components = models.CharField(
         max_length=3, choices=ProtocolCodeComponents.choices, default=ProtocolCodeComponents.ALTERNATE
     )
+    allowed_peers = models.CharField(
+        max_length=500,
+        blank=True,
+        default="",
+        help_text="comma-separated addresses or networks (CIDR) this sender may send from; empty = any address",
+        validators=[validate_networks],
+    )
     note = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
@@ -75,3 +93,14 @@ class SenderProfile(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sending_application}^{self.sending_facility or '*'}"
+
+    def allows_address(self, address: str) -> bool:
+        """Whether a message of this sender may come from `address` (allowed_peers)."""
+        networks = [n.strip() for n in self.allowed_peers.split(",") if n.strip()]
+        if not networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)

@@ -291,6 +291,9 @@ RIS_MLLP_FRAME_TIMEOUT = env_int("RIS_MLLP_FRAME_TIMEOUT", 30)
 RIS_MLLP_MAX_CONNECTIONS = env_int("RIS_MLLP_MAX_CONNECTIONS", 256)
 # Comma-separated addresses or networks (CIDR) allowed to connect; empty = anyone.
 RIS_MLLP_ALLOWED_PEERS = [p.strip() for p in env("RIS_MLLP_ALLOWED_PEERS").split(",") if p.strip()]
+# Accept HL7 only from senders (MSH-3 sending application, MSH-4 facility) that have a sender
+# profile; a profile's allowed_peers binds the sender to its addresses. Others are answered AR.
+RIS_HL7_KNOWN_SENDERS_ONLY = env_bool("RIS_HL7_KNOWN_SENDERS_ONLY", False)
 # MLLP over TLS when both are set (PEM files).
 RIS_MLLP_TLS_CERT = env("RIS_MLLP_TLS_CERT")
 RIS_MLLP_TLS_KEY = env("RIS_MLLP_TLS_KEY")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -472,6 +474,22 @@ def test_repeated_control_id_gets_the_original_ack_and_changes_nothing(shared_ml
     assert "repeated MSH-10" in InboundMessage.objects.order_by("pk").last().error
 
 
+def test_one_control_id_sent_on_two_connections_at_once_gets_one_answer_twice(shared_mllp_listener):
+    for n in range(5):
+        message = orm(msg_id=f"TWIN{n}", placer=f"PLTWIN{n}", accession=f"ACCTWIN{n}")
+        barrier = threading.Barrier(2)
+
+        def send_together(message=message, barrier=barrier) -> str:
+            barrier.wait()
+            return send(shared_mllp_listener, message)
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: send_together(), range(2)))
+        assert msa(answers[0])[1] == "AA" and answers[0] == answers[1], answers
+    assert RequestedProcedure.objects.count() == 5
+    assert InboundMessage.objects.filter(outcome="AA").count() == 10
+
+
 def test_same_control_id_from_another_facility_is_a_new_message(shared_mllp_listener):
     send(shared_mllp_listener, orm())
     other = orm(placer="PL2", accession="ACC2").replace("|HIS|HOSP|", "|HIS|CLINIC2|", 1)
@@ -630,6 +648,31 @@ def test_peer_outside_the_allow_list_is_closed_without_an_answer(ris_env, tmp_pa
         assert peer.closed_by_listener()
         peer.close()
     assert not InboundMessage.objects.exists()
+
+
+def test_only_senders_with_a_profile_are_accepted_when_so_configured(ris_env, tmp_path):
+    SenderProfile.objects.create(sending_application="HIS", sending_facility="HOSP")
+    ctx, address = _listener(ris_env, tmp_path, RIS_HL7_KNOWN_SENDERS_ONLY="1")
+    with ctx:
+        assert msa(send(address, orm()))[1] == "AA"
+        stranger = send(
+            address, orm(msg_id="X2", placer="PL2", accession="ACC2").replace("|HIS|HOSP|", "|LAB|HOSP|", 1)
+        )
+    assert msa(stranger)[1:3] == ["AR", "X2"]
+    assert segment(stranger, "ERR")[1] == "MSH^1^3^103&Table value not found&HL70357"
+    assert "unknown sender LAB (facility HOSP)" in stranger
+    assert ImagingOrder.objects.count() == 1
+    refused = InboundMessage.objects.get(control_id="X2")
+    assert (refused.outcome, refused.sending_application) == ("AR", "LAB")
+
+
+def test_sender_bound_to_other_addresses_is_refused_with_AR(shared_mllp_listener):
+    SenderProfile.objects.create(sending_application="BOUNDHIS", allowed_peers="10.20.0.0/16, 192.168.7.7")
+    ack = send(shared_mllp_listener, orm().replace("|HIS|HOSP|", "|BOUNDHIS|HOSP|", 1))
+    assert msa(ack)[1] == "AR" and "sender BOUNDHIS (facility HOSP) is not allowed from 127.0.0.1" in ack
+    assert not ImagingOrder.objects.exists()
+    SenderProfile.objects.create(sending_application="LOCALHIS", allowed_peers="127.0.0.0/8")
+    assert msa(send(shared_mllp_listener, orm().replace("|HIS|HOSP|", "|LOCALHIS|HOSP|", 1)))[1] == "AA"
 
 
 def test_mllp_over_tls_when_certificate_and_key_are_set(ris_env, tmp_path):
