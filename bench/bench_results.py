@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -32,11 +33,20 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
+from common import (
+    PY,
+    RABBITMQ_URL,
+    ROOT,
+    create_postgres,
+    drop_postgres,
+    free_port,
+    postgres_url,
+    reachable,
+    start,
+    stop,
+)
+
 VT, FS_CR = b"\x0b", b"\x1c\x0d"
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-RABBITMQ_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 # --- The HIS peer -----------------------------------------------------------------------------
@@ -188,38 +198,6 @@ def drive(samples: int, outage: int) -> dict:
 # --- Orchestration ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def reachable(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def postgres_database() -> str | None:
-    if not reachable("127.0.0.1", 5432):
-        return None
-    import psycopg
-
-    name = f"bench_results_{os.getpid()}"
-    with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def drop_postgres(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 WORKER = [PY, "-m", "celery", "-A", "ris", "worker", "--beat", "--concurrency", "2", "--loglevel", "WARNING"]
 WORKER += ["--without-gossip", "--without-mingle"]
 
@@ -244,14 +222,8 @@ def setup_run(database_url: str, broker_url: str, samples: int, outage: int, tmp
         }
     )
     subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
-    worker = subprocess.Popen(
-        [*WORKER, "--schedule", str(tmp / "beat"), "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "worker.log", "wb"),  # noqa: SIM115 - closed with the process
-        start_new_session=True,
-    )
+    worker_argv = [*WORKER, "--schedule", str(tmp / "beat"), "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]
+    worker = start(worker_argv, env, tmp / "worker.log")
     try:
         time.sleep(3)
         out = subprocess.run(
@@ -265,14 +237,7 @@ def setup_run(database_url: str, broker_url: str, samples: int, outage: int, tmp
             raise RuntimeError(f"driver failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
     finally:
-        import signal
-
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop(worker, signal.SIGTERM)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -297,10 +262,10 @@ def run(quick: bool = False) -> str:
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        pg = postgres_database() if reachable("127.0.0.1", 5672) else None
+        pg = create_postgres("bench_results") if reachable(5672) else None
         if pg:
             try:
-                url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{pg}"
+                url = postgres_url(pg)
                 rows.append(section("PostgreSQL + RabbitMQ", setup_run(url, RABBITMQ_URL, samples, outage, tmp)))
             finally:
                 drop_postgres(pg)

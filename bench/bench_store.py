@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -32,11 +31,21 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from common import (
+    PY,
+    RABBITMQ_URL,
+    ROOT,
+    create_postgres,
+    drop_postgres,
+    free_port,
+    postgres_url,
+    reachable,
+    start,
+    stop,
+    wait_port,
+)
+
 QUIET_SECONDS = 1.0
-POSTGRES_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 # --- Data -----------------------------------------------------------------------------------
@@ -143,48 +152,8 @@ def child_ready_times(study_uids: list[str], timeout: float) -> None:
 # --- Processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def reachable(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def wait_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}")
-        if reachable(port):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def child(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([PYTHON, __file__, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run([PY, __file__, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return result.stdout.strip().splitlines()[-1]
 
 
@@ -225,9 +194,9 @@ class Stack:
         self.processes: list[subprocess.Popen] = []
 
     def __enter__(self) -> Stack:
-        subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True)
-        scp = start([PYTHON, "manage.py", "rundicom"], self.env, self.work / "rundicom.log")
-        worker_argv = [PYTHON, "-m", "celery", "-A", "ris", "worker", "--concurrency", "2", "--loglevel", "WARNING"]
+        subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True)
+        scp = start([PY, "manage.py", "rundicom"], self.env, self.work / "rundicom.log")
+        worker_argv = [PY, "-m", "celery", "-A", "ris", "worker", "--concurrency", "2", "--loglevel", "WARNING"]
         worker = start([*worker_argv, "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h"], self.env, self.work / "w.log")
         self.processes = [scp, worker]
         wait_port(self.port, scp)
@@ -384,26 +353,6 @@ def measure_latency(work: Path, label: str, database_url: str, broker_url: str, 
     return {"label": label, "exams": exams, "ready": len(samples), "p50": statistics.median(samples), "p95": p95}
 
 
-def postgres_database(work: Path) -> str | None:
-    """A fresh PostgreSQL database for the run, when a server answers on 127.0.0.1:5432."""
-    if not reachable(5432):
-        return None
-    import psycopg
-
-    name = f"bench_store_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"postgres://postgres@127.0.0.1:5432/{name}"
-
-
-def drop_postgres(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(POSTGRES_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 # --- Report -------------------------------------------------------------------------------------
 
 
@@ -474,11 +423,12 @@ def run(quick: bool) -> str:
             )
         )
         print(f"   latency: {latencies[-1]}", flush=True)
-        database = postgres_database(work) if reachable(5672) else None
+        database = create_postgres("bench_store") if reachable(5672) else None
         if database:
             (work / "pg").mkdir()
             try:
-                latencies.append(measure_latency(work / "pg", "PostgreSQL + RabbitMQ", database, RABBITMQ_URL, exams))
+                url = postgres_url(database)
+                latencies.append(measure_latency(work / "pg", "PostgreSQL + RabbitMQ", url, RABBITMQ_URL, exams))
                 print(f"   latency: {latencies[-1]}", flush=True)
             finally:
                 drop_postgres(database)
