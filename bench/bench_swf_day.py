@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -37,42 +36,28 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
+from common import (
+    PG_ADMIN_URL,
+    PY,
+    RABBITMQ_URL,
+    ROOT,
+    create_postgres,
+    descendants,
+    drop_postgres,
+    free_port,
+    postgres_and_rabbitmq,
+    start,
+    stop,
+    wait_port,
+)
+
 VT, FS_CR = b"\x0b", b"\x1c\x0d"
 QUIET_SECONDS = 1
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-RABBITMQ_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 TARGETS = {"ready_p95": 2.0, "oru_p95": 1.0, "rss_mb": 600.0, "orm_p99": 0.050}
 PLOT = ROOT / "docs" / "benchmarks" / "swf_day.png"
 
 
 # --- small helpers ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def reachable(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def wait_port(port: int, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"runris exited with {process.returncode}")
-        if reachable(port):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -83,24 +68,6 @@ def percentile(values: list[float], p: float) -> float:
 
 
 # --- the whole stack's memory, from /proc -------------------------------------------------------
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found
 
 
 def tree_rss_mb(root: int) -> float:
@@ -430,14 +397,11 @@ def day(work: Path, database_url: str, broker_url: str, orders: int, modalities:
         manage(env, "modality", "add", station, "--modality", "CT")
     manage(env, "user", "add", f"rad{run.lower()}", "--role", "radiologist", "--password", uuid.uuid4().hex)
     token = manage(env, "apitoken", f"rad{run.lower()}").strip().split()[-1]
-    with open(work / "runris.log", "wb") as log:
-        stack = subprocess.Popen(
-            [PY, "manage.py", "runris"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    stack = start([PY, "manage.py", "runris"], env, work / "runris.log")
     sampler = RssSampler(stack.pid)
     try:
         for port in ports.values():
-            wait_port(port, stack)
+            wait_port(port, stack, timeout=90)
         time.sleep(3)  # worker and beat come up after the listeners
         sampler.start()
         idle_rss = tree_rss_mb(stack.pid)
@@ -452,12 +416,7 @@ def day(work: Path, database_url: str, broker_url: str, orders: int, modalities:
         return result
     finally:
         sampler.done.set()
-        os.killpg(stack.pid, signal.SIGINT)
-        try:
-            stack.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-            stack.wait()
+        stop(stack)
         his.close()
 
 
@@ -616,21 +575,8 @@ def section(results: list[tuple[str, dict]], plotted: bool, quick: bool) -> str:
 
 
 def postgres_database() -> str | None:
-    if not (reachable(5432) and reachable(5672)):
-        return None
-    import psycopg
-
-    name = f"bench_day_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def drop_postgres(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A scratch database when PostgreSQL and RabbitMQ both answer on loopback."""
+    return create_postgres("bench_day") if postgres_and_rabbitmq() else None
 
 
 def run(quick: bool) -> str:
