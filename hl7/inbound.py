@@ -145,8 +145,8 @@ def _process(entry: InboundMessage, raw: bytes, peer: str) -> bytes:
     try:
         message = _decode(raw, header)
         check_message_type(header.msh)
-        # One transaction, and one INSERT for all its audit events.
-        with transaction.atomic(), workflow.deferred_audit():
+        # The message's effects and its journal outcome commit together, or not at all.
+        with workflow.unit_of_work():
             replies = dispatch(message, header, peer)
             ack = _encode(build_ack(header.msh, "AA", None, _replies_for(header, replies)), header)
             _finish(entry, "AA", ack, "")
