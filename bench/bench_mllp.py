@@ -23,12 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
+import common
+
+ROOT, PY = common.ROOT, common.PY
 VT, FS_CR = b"\x0b", b"\x1c\x0d"
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
 
 # --- the independent sender (a subprocess per connection) ---------------------------------------
@@ -119,47 +118,6 @@ def serve_asyncio_echo(port: int) -> None:
 # --- orchestration -------------------------------------------------------------------------------
 
 
-def postgres_cpu_seconds() -> float | None:
-    """CPU time of the local PostgreSQL server: every postgres process's own, plus the
-    postmaster's reaped children (backends that ended with their connection). None when no
-    local PostgreSQL process is readable. Includes other databases' work: a quiet machine only."""
-    tick, total, found = os.sysconf("SC_CLK_TCK"), 0.0, False
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            comm = (proc / "comm").read_text().strip()
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if comm not in ("postgres", "postmaster"):
-            continue
-        found = True
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        total += (int(fields[13]) + int(fields[14])) / tick  # cutime, cstime: reaped backends
-    return total if found else None
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children (pre-forked listeners), from /proc."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids, seen = [pid], set()
-    while pids:
-        current = pids.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pids += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return total
-
-
 def base36(n: int) -> str:
     digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     out = ""
@@ -168,34 +126,6 @@ def base36(n: int) -> str:
         out = digits[r] + out
         if not n:
             return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing on port {port}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def measure(port: int, connections: int, count: int) -> dict:
@@ -231,56 +161,35 @@ def measure(port: int, connections: int, count: int) -> dict:
 
 
 def echo_floor(kind: str, connections: int, count: int) -> dict:
-    port = free_port()
-    process = subprocess.Popen([PY, __file__, f"--echo-{kind}", str(port)])
+    port = common.free_port()
+    process = common.start([PY, __file__, f"--echo-{kind}", str(port)])
     try:
-        wait_for(port, process)
+        common.wait_port(port, process)
         return measure(port, connections, count)
     finally:
-        stop(process)
+        common.stop(process)
 
 
 def ours(database_url: str, connections: int, count: int, env_extra: dict | None = None) -> dict:
-    port = free_port()
+    port = common.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RIS_")}
     env.update({"DATABASE_URL": database_url, "RIS_MLLP_PORT": str(port), "RIS_LOG_LEVEL": "WARNING"})
     env.update(env_extra or {})
     subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
-    process = subprocess.Popen([PY, "manage.py", "runmllp"], cwd=ROOT, env=env)
+    process = common.start([PY, "manage.py", "runmllp"], env=env)
     try:
-        wait_for(port, process)
+        common.wait_port(port, process)
         measure(port, 1, 20)  # warm-up: imports, first connection, caches
-        before, db_before = cpu_seconds(process.pid), postgres_cpu_seconds()
+        before, db_before = common.cpu_seconds(process.pid, tree=True), common.postgres_cpu_seconds()
         result = measure(port, connections, count)
         # The listener's own CPU per message (all its processes): what one otherwise idle core sustains.
-        result["cpu_ms"] = (cpu_seconds(process.pid) - before) / result["messages"] * 1000
+        result["cpu_ms"] = (common.cpu_seconds(process.pid, tree=True) - before) / result["messages"] * 1000
         if database_url.startswith("postgres") and db_before is not None:
             time.sleep(0.5)  # backends of closed connections exit and are reaped into the postmaster's total
-            result["db_cpu_ms"] = (postgres_cpu_seconds() - db_before) / result["messages"] * 1000
+            result["db_cpu_ms"] = (common.postgres_cpu_seconds() - db_before) / result["messages"] * 1000
     finally:
-        stop(process)
+        common.stop(process)
     return result
-
-
-def postgres_database() -> tuple[str, str] | None:
-    """A fresh PostgreSQL database for the run (URL, name), or None when PostgreSQL is not reachable."""
-    try:
-        import psycopg
-
-        name = f"bench_mllp_{os.getpid()}"
-        with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", name
-    except Exception as exc:
-        print(f"PostgreSQL not available: {exc}", file=sys.stderr)
-        return None
-
-
-def drop_postgres(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def row(label: str, target: str, r: dict, floor: dict) -> str:
@@ -299,23 +208,23 @@ def run(quick: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-mllp-") as tmp:
         sqlite = ours(f"sqlite:///{tmp}/bench.sqlite3", 1, count)
         rows.append(row("ours, SQLite, 1 connection", "≥ 300 msg/s, p99 ≤ 50 ms", sqlite, floors[("threads", 1)]))
-    pg = postgres_database()
+    pg = common.create_postgres("bench_mllp")
     if pg is not None:
-        cores = os.cpu_count() or 1
+        cores, url = os.cpu_count() or 1, common.postgres_url(pg)
         try:
-            result = ours(pg[0], 4, count)
+            result = ours(url, 4, count)
             rows.append(
                 row("ours, PostgreSQL, 4 connections", "≥ 600 msg/s, p99 ≤ 50 ms", result, floors[("threads", 4)])
             )
             if cores > 1:
                 procs = {"RIS_MLLP_PROCESSES": str(cores)}
-                result = ours(pg[0], 4, count, procs)
+                result = ours(url, 4, count, procs)
                 label = f"ours, PostgreSQL, 4 connections, {cores} processes"
                 rows.append(row(label, "≥ 600 msg/s, p99 ≤ 50 ms", result, floors[("threads", 4)]))
-            result = ours(pg[0], 1, count)
+            result = ours(url, 1, count)
             rows.append(row("ours, PostgreSQL, 1 connection", "-", result, floors[("threads", 1)]))
         finally:
-            drop_postgres(pg[1])
+            common.drop_postgres(pg)
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     floor_rows = [
         f"| echo, {kind}, {conns} connection{'s' if conns > 1 else ''} | {r['messages']} | {r['rate']:.0f} | "

@@ -125,6 +125,27 @@ def cpu_seconds(pid: int, tree: bool = False) -> float:
     return total
 
 
+def postgres_cpu_seconds() -> float | None:
+    """CPU time of the local PostgreSQL server: every postgres process's own, plus the
+    postmaster's reaped children (backends that ended with their connection). None when no
+    local PostgreSQL process is readable. Includes other databases' work: a quiet machine only."""
+    tick, total, found = os.sysconf("SC_CLK_TCK"), 0.0, False
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            comm = (proc / "comm").read_text().strip()
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if comm not in ("postgres", "postmaster"):
+            continue
+        found = True
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        total += (int(fields[13]) + int(fields[14])) / tick  # cutime, cstime: reaped backends
+    return total if found else None
+
+
 # --- a scratch PostgreSQL database -------------------------------------------------------------------
 
 
