@@ -51,6 +51,7 @@ urlpatterns = [
     path("interfaces/hl7/<int:pk>/", interfaces.hl7_message, name="hl7_message"),
     path("interfaces/hl7/<int:pk>/reprocess/", interfaces.hl7_reprocess_message, name="hl7_reprocess"),
     path("interfaces/outbox/retry/", interfaces.outbox_retry, name="outbox_retry"),
+    path("interfaces/dicom/", interfaces.dicom_associations, name="dicom_associations"),
     path("statistics/", statistics.statistics, name="statistics"),
     path("settings/", settings_pages.settings_page, name="settings"),
 ]

@@ -84,3 +84,26 @@ class ModalityAlias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ae_title} -> {self.modality.ae_title}"
+
+
+class AssociationOutcome(models.TextChoices):
+    RELEASED = "RELEASED", "accepted, released"
+    ABORTED = "ABORTED", "aborted"
+    REFUSED = "REFUSED", "refused"
+
+
+class AssociationLog(models.Model):
+    """One DICOM association with the SCP (worklist/associations.py): who called from where, how
+    it ended, and which services it used (e.g. {"C-FIND MWL": 2}). Written when it ends."""
+
+    calling_ae_title = models.CharField(max_length=16, db_index=True)
+    called_ae_title = models.CharField(max_length=16, blank=True, default="")
+    address = models.CharField(max_length=64, help_text="host:port of the caller")
+    outcome = models.CharField(max_length=8, choices=AssociationOutcome.choices)
+    reason = models.CharField(max_length=200, blank=True, default="", help_text="why it was refused or aborted")
+    services = models.JSONField(default=dict, blank=True)
+    started_at = models.DateTimeField(db_index=True)
+    ended_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.calling_ae_title} -> {self.called_ae_title} ({self.outcome})"

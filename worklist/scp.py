@@ -109,6 +109,8 @@ def register(ae: AE) -> list[tuple]:
 
 # The services of the SCP, each a module with register(ae) -> [(event, handler), ...].
 SERVICES = ["worklist.scp", "worklist.mwl", "worklist.mpps", "worklist.storage", "worklist.ian"]
+# The association log (issue 7 §9) only watches; it comes last so it sees this module's refusals.
+SERVICES.append("worklist.associations")
 
 
 def build_ae() -> tuple[AE, list[tuple]]:

@@ -19,7 +19,7 @@ from ris import health, workflow
 from ris.models import Instance, OutboundMessage, OutboxStatus, PerformedStep
 from web.access import ADMINISTER, requires
 from web.views.common import actor_of, safe_next
-from worklist.models import Modality
+from worklist.models import AssociationLog, AssociationOutcome, Modality
 
 PAGE_SIZE = 50
 
@@ -37,8 +37,7 @@ def component_health(request) -> dict:
 
 
 def dicom_activity() -> list[dict]:
-    """Per registered modality: its last MPPS and last instance received (no association log
-    is kept yet, so this is what the database knows of each AE's traffic)."""
+    """Per registered modality: its last MPPS and last instance received."""
     mpps = dict(PerformedStep.objects.values_list("performed_station_ae_title").annotate(last=Max("created_at")))
     stores = {
         row["source_ae_title"]: row
@@ -90,6 +89,32 @@ def interfaces(request):
             "outbox_counts": dict(OutboundMessage.objects.values_list("status").annotate(n=Count("id"))),
             "can_retry": _retry_function() is not None,
             "dicom": dicom_activity(),
+            "associations": AssociationLog.objects.order_by("-started_at", "-id")[:10],
+        },
+    )
+
+
+@requires(ADMINISTER)
+def dicom_associations(request):
+    """The DICOM association log (worklist/associations.py), newest first, by AE title and outcome."""
+    rows = AssociationLog.objects.order_by("-started_at", "-id")
+    ae = request.GET.get("ae", "").strip()
+    if ae:
+        rows = rows.filter(Q(calling_ae_title__icontains=ae) | Q(called_ae_title__icontains=ae))
+    outcome = request.GET.get("outcome", "")
+    if outcome in AssociationOutcome.values:
+        rows = rows.filter(outcome=outcome)
+    params = request.GET.copy()
+    params.pop("page", None)
+    return render(
+        request,
+        "web/dicom_associations.html",
+        {
+            "page": Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page")),
+            "params": params.urlencode(),
+            "ae": ae,
+            "outcome": outcome,
+            "outcomes": AssociationOutcome.values,
         },
     )
 
