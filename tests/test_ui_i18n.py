@@ -80,3 +80,18 @@ def test_vietnamese_names_are_shown_with_their_diacritics(client, ui_users):
     client.force_login(ui_users["scheduler"])
     html = client.get(reverse("web:patient_list"), {"q": "DANG HANH"}).content.decode()
     assert "Đặng Thị Hạnh" in html and patient.patient_id in html
+
+
+def test_timeline_details_are_labelled_in_vietnamese(client, ui_users):
+    from tests.ui_support import tomorrow
+
+    make_room("CT1")
+    exam = make_exam(start=local(tomorrow(), 9), station="CT1")
+    client.force_login(ui_users["scheduler"])
+    client.cookies[settings.LANGUAGE_COOKIE_NAME] = "vi"
+    response = client.get(reverse("web:exam_detail", args=[exam.accession_number]))
+    details = [e.detail for e in response.context["timeline"] if e.code == "exam.scheduled"]
+    step = exam.scheduled_steps.get().sps_id
+    assert details == [f"từ: Đã chỉ định · sang: Đã xếp lịch · các bước: {step}"]
+    html = response.content.decode()
+    assert "old_status" not in html and "new_status" not in html and "steps:" not in html

@@ -28,7 +28,7 @@ from ris.models import (
 )
 from ris.timeutil import local_day_bounds
 from web.access import PERFORM, RECONCILE, SCHEDULE, SIGN, VIEW_EXAMS, VIEW_PATIENTS, requires
-from web.labels import STATUS_LABELS, action_label, status_label
+from web.labels import STATUS_LABELS, action_label, detail_label, status_label
 from web.views.common import actor_of, get_exam
 
 PAGE_SIZE = 25
@@ -115,9 +115,13 @@ def _detail_text(detail: dict) -> str:
             continue
         if key in ("old_status", "new_status"):
             value = status_label(value)
+        elif key == "changed" and isinstance(value, list):
+            value = ", ".join(detail_label(str(v)) for v in value)
+        elif isinstance(value, bool):
+            value = _("yes") if value else _("no")
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
-        parts.append(f"{key}: {value}")
+        parts.append(f"{detail_label(key)}: {value}")
     return " · ".join(parts)
 
 
