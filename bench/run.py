@@ -5,7 +5,10 @@ Each benchmark module has `run(quick: bool) -> str`, returning a Markdown sectio
 ratios ours/peer, links to plots it saved under docs/benchmarks/). Benchmarks run our stack
 and the independent peer side by side in the same run; ratios are the headline, absolute
 times are context. `--quick` makes every benchmark small enough for a smoke run;
-`--only NAME` runs the named ones.
+`--only NAME` runs the named ones and replaces just their sections in the file (each section
+follows a `<!-- bench:bench_x -->` line), so one benchmark can be rerun on its own;
+`--output FILE` writes elsewhere (a smoke run that must not touch docs/benchmarks.md). Plots
+go to docs/benchmarks/ either way.
 
 The independent peers come from Debian packages, installed here when missing (as root, or
 through `sudo -n`): DCMTK (findscu, storescu, wlmscpfs, storescp) and Orthanc, whose package
@@ -20,6 +23,7 @@ import datetime as dt
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -96,11 +100,44 @@ def machine() -> str:
     )
 
 
+def marker(name: str) -> str:
+    return f"<!-- bench:{name} -->\n"
+
+
+def merge(existing: str, sections: dict[str, str]) -> str | None:
+    """`existing` with the named modules' sections replaced (or appended); None when it has no
+    section markers (written before they existed), so there is nothing to splice into."""
+    parts = re.split(r"(?m)^<!-- bench:(\w+) -->\n", existing)
+    if len(parts) == 1:
+        return None
+    named = dict(zip(parts[1::2], parts[2::2], strict=True))
+    named.update(sections)
+    return parts[0] + document_sections(named)
+
+
+def document_sections(sections: dict[str, str]) -> str:
+    """Each section after its marker line, a blank line between them."""
+    return "\n".join(marker(name) + text.strip("\n") + "\n" for name, text in sections.items())
+
+
+def provenance(name: str, section: str, quick: bool) -> str:
+    """A section rerun alone says so under its heading: when, in which mode, under what load."""
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    note = (
+        f"*This section: `bench/run.py{' --quick' if quick else ''} --only {name.removeprefix('bench_')}` on "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, load average at its end {load}; the header's "
+        "machine line is from the last full run.*\n"
+    )
+    heading, _, rest = section.partition("\n")
+    return f"{heading}\n\n{note}{rest}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", action="append", default=[])
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install missing peers")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the Markdown to write")
     args = parser.parse_args()
     if not args.no_install:
         ensure_peers()
@@ -108,7 +145,8 @@ def main() -> int:
     modules = sorted((ROOT / "bench").glob("bench_*.py"))
     if args.only:
         modules = [m for m in modules if any(name in m.stem for name in args.only)]
-    sections = []
+    sections: dict[str, str] = {}
+    failed = []
     for path in modules:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
@@ -116,24 +154,35 @@ def main() -> int:
         started = time.monotonic()
         print(f"== {path.stem}", flush=True)
         try:
-            sections.append(module.run(quick=args.quick).rstrip() + "\n")
+            sections[path.stem] = module.run(quick=args.quick).rstrip() + "\n\n"
         except Exception as exc:  # one broken benchmark must not lose the others' figures
             print(f"   {path.stem} failed: {exc!r}", flush=True)
-            sections.append(f"## {path.stem}\n\nFailed in this run: `{exc!r}`\n")
+            failed.append(path.stem)
+            sections[path.stem] = f"## {path.stem}\n\nFailed in this run: `{exc!r}`\n\n"
         print(f"   done in {time.monotonic() - started:.0f} s", flush=True)
     if not sections:
         print("no benchmark modules in bench/")
         return 1
-    out = ROOT / "docs" / "benchmarks.md"
-    out.parent.mkdir(exist_ok=True)
+    out = args.output.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.only:
+        rerun = {name: provenance(name, text, args.quick) for name, text in sections.items()}
+        merged = merge(out.read_text(), rerun) if out.exists() else None
+        if merged is None:
+            print("".join(rerun.values()))
+            print(f"{out} has no section markers to replace: sections printed above, file unchanged")
+        else:
+            out.write_text(merged)
+            print(f"replaced {', '.join(rerun)} in {out}")
+        return 1 if failed else 0
     header = (
         f"# Benchmarks\n\nGenerated by `make bench{'-quick' if args.quick else ''}` on "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Ratios (ours/peer) are the headline; "
         f"absolute figures depend on the machine.\n\n## Machine\n\n{machine()}\n\n"
     )
-    out.write_text(header + "\n".join(sections))
-    print(f"wrote {out.relative_to(ROOT)}")
-    return 0
+    out.write_text(header + document_sections(sections))
+    print(f"wrote {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
