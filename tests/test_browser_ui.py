@@ -151,6 +151,24 @@ def test_conflicting_slot_is_refused_in_the_browser(page, live_server):
     expect(page.locator(".errorlist")).to_contain_text(f"exam {booked.accession_number}")
 
 
+def test_clicking_a_free_calendar_cell_books_a_waiting_exam_there(page, live_server):
+    from tests.ui_support import make_exam
+
+    make_room("CT1", "CT")
+    exam = make_exam(make_patient("P3", "Lý", "Văn", "Tâm"))
+    log_in(page, live_server, "scheduler")
+    page.goto(f"{live_server.url}/schedule/?day={tomorrow().isoformat()}")
+    cell = page.locator(f'[data-free-slot="CT1 {tomorrow().isoformat()} 10:30"]')
+    cell.hover()
+    expect(cell).to_contain_text("+ 10:30")
+    cell.click()
+    row = page.locator(f'[data-candidate="{exam.accession_number}"]')
+    row.locator("button.primary").click()
+    expect(page.locator(".cal-block")).to_contain_text("Lý Văn Tâm")
+    step = exam.scheduled_steps.get()
+    assert (step.station_ae_title, step.start) == ("CT1", local(tomorrow(), 10, 30))
+
+
 class MppsModality:
     """A modality reporting MPPS N-CREATE / N-SET over its own associations (pynetdicom)."""
 

@@ -4,6 +4,7 @@ opening-hours checks, cancel and discontinue, all through the workflow core and 
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import urlencode
 
 import pytest
 from django.urls import reverse
@@ -180,3 +181,64 @@ def test_room_opening_hours_are_edited_in_settings(scheduler, room):
     assert scheduler.post(reverse("web:settings"), data).status_code == 302
     room.refresh_from_db()
     assert (room.opens_at, room.closes_at, room.location) == (dt.time(6, 30), dt.time(22, 0), "Tầng 1")
+
+
+# --- booking a free cell of the calendar -------------------------------------------------------
+
+
+def slot_url(room: str, day: dt.date, time: str) -> str:
+    return f"{reverse('web:calendar_slot')}?{urlencode({'room': room, 'start': f'{day.isoformat()}T{time}'})}"
+
+
+def test_calendar_free_cells_link_to_booking_that_room_and_time_but_not_booked_ones(scheduler, room):
+    make_exam(start=local(tomorrow(), 9), station="CT1")  # CT head: 30 min, 09:00-09:30
+    html = scheduler.get(reverse("web:calendar"), {"day": tomorrow().isoformat()}).content.decode()
+    day = tomorrow().isoformat()
+    assert f'data-free-slot="CT1 {day} 08:50"' in html and f'data-free-slot="CT1 {day} 09:30"' in html
+    assert f'data-free-slot="CT1 {day} 09:00"' not in html and f'data-free-slot="CT1 {day} 09:20"' not in html
+    assert slot_url("CT1", tomorrow(), "09:30").replace("&", "&amp;") in html
+
+
+def test_slot_page_books_a_waiting_exam_into_the_clicked_cell_and_returns_to_the_calendar(scheduler, room):
+    exam = make_exam()
+    make_exam(modality="MR", code="MRBRAIN")  # another modality: not offered for a CT room
+    page = scheduler.get(slot_url("CT1", tomorrow(), "10:10"))
+    assert page.context["candidates"] == [{"exam": exam, "minutes": 30, "problem": ""}]
+    form = dict(station_ae_title="CT1", date=tomorrow().isoformat(), time="10:10", next=page.context["back"])
+    response = scheduler.post(reverse("web:schedule_exam", args=[exam.accession_number]), form)
+    assert response["Location"] == page.context["back"]
+    assert page.context["back"].startswith(reverse("web:calendar"))
+    exam.refresh_from_db()
+    step = exam.scheduled_steps.get()
+    assert (exam.status, step.station_ae_title, step.start) == ("SCHEDULED", "CT1", local(tomorrow(), 10, 10))
+
+
+def test_slot_page_says_why_an_exam_does_not_fit_the_cell(scheduler, room):
+    make_exam()
+    page = scheduler.get(slot_url("CT1", tomorrow(), "11:40"))  # 30 minutes from 11:40: closes at 12:00
+    (candidate,) = page.context["candidates"]
+    assert "does not fit at 11:40" in candidate["problem"]
+    assert b"Book 11:40" not in page.content
+
+
+def test_other_time_opens_the_scheduling_page_prefilled_with_the_cell(scheduler, room):
+    exam = make_exam()
+    url = reverse("web:schedule_exam", args=[exam.accession_number])
+    form = scheduler.get(url, {"room": "CT1", "day": tomorrow().isoformat(), "time": "10:10"}).context["form"]
+    assert (form.initial["station_ae_title"], form.initial["date"], form.initial["time"]) == (
+        "CT1",
+        tomorrow(),
+        "10:10",
+    )
+    assert "time" not in scheduler.get(url, {"time": "25:99"}).context["form"].initial
+
+
+def test_slot_page_without_a_valid_cell_goes_back_to_the_calendar(scheduler, room):
+    assert scheduler.get(slot_url("NOPE", tomorrow(), "10:00"))["Location"] == reverse("web:calendar")
+    assert scheduler.get(slot_url("CT1", tomorrow(), "10h"))["Location"] == reverse("web:calendar")
+
+
+def test_slot_page_is_for_schedulers(client, ui_users, room):
+    for role, status in (("technologist", 403), ("radiologist", 403), ("admin", 200)):
+        client.force_login(ui_users[role])
+        assert client.get(slot_url("CT1", tomorrow(), "10:00")).status_code == status

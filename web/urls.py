@@ -28,6 +28,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("board/", board.board, name="board"),
     path("schedule/", scheduling.calendar, name="calendar"),
+    path("schedule/slot/", scheduling.calendar_slot, name="calendar_slot"),
     path("orders/new/", orders.order_new, name="order_new"),
     path("patients/search/", orders.patient_search, name="patient_search"),
     path("exams/", exams.exam_list, name="exam_list"),

@@ -7,9 +7,11 @@ views only add what a person needs to choose well: free slots, opening hours, co
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.formats import time_format
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
@@ -20,28 +22,45 @@ from ris.timeutil import site_zone
 from web import scheduling
 from web.access import SCHEDULE, requires
 from web.forms import ReasonForm, ScheduleForm
-from web.views.common import actor_of, add_workflow_error, get_exam, parse_day
+from web.views.common import actor_of, add_workflow_error, get_exam, parse_day, safe_next
 from worklist.models import Modality
 
 
-def _position(booking: scheduling.Booking, day: dt.date, opens: dt.time, closes: dt.time) -> dict:
-    """Top and height of a booking on a calendar column, in % of the opening hours."""
+def _span(
+    start: dt.datetime, end: dt.datetime, day: dt.date, opens: dt.time, closes: dt.time, min_height: float = 2.0
+) -> dict:
+    """Top and height of a time span on a calendar column, in % of the opening hours (a booking
+    stays at least `min_height` tall to be readable)."""
     zone = site_zone()
     first = dt.datetime.combine(day, opens, tzinfo=zone)
     span = (dt.datetime.combine(day, closes, tzinfo=zone) - first).total_seconds() or 1
-    top = (booking.start - first).total_seconds() / span * 100
-    height = (booking.end - booking.start).total_seconds() / span * 100
-    return {"booking": booking, "top": max(0.0, min(top, 100.0)), "height": max(2.0, min(height, 100.0 - top))}
+    top = (start - first).total_seconds() / span * 100
+    height = (end - start).total_seconds() / span * 100
+    return {"top": max(0.0, min(top, 100.0)), "height": max(min_height, min(height, 100.0 - top))}
+
+
+def _position(booking: scheduling.Booking, day: dt.date, opens: dt.time, closes: dt.time) -> dict:
+    return {"booking": booking, **_span(booking.start, booking.end, day, opens, closes)}
+
+
+def _free_cell(room: Modality, start: dt.datetime, day: dt.date, opens: dt.time, closes: dt.time) -> dict:
+    """A free grid cell of a column: where it sits, and its link to book it."""
+    end = start + dt.timedelta(minutes=scheduling.SLOT_GRID_MINUTES)
+    cell = _span(start, end, day, opens, closes, min_height=0.0)
+    query = urlencode({"room": room.ae_title, "start": start.strftime("%Y-%m-%dT%H:%M")})
+    return {**cell, "start": start, "url": f"{reverse('web:calendar_slot')}?{query}"}
 
 
 def _column(room: Modality, day: dt.date, opens: dt.time, closes: dt.time) -> dict:
     room_day = scheduling.room_day(room, day)
+    free = scheduling.free_slots(room, day, scheduling.SLOT_GRID_MINUTES)
     return {
         "room": room,
         "day": day,
         "opens": room_day.opens,
         "closes": room_day.closes,
         "blocks": [_position(b, day, opens, closes) for b in room_day.bookings],
+        "free": [_free_cell(room, start, day, opens, closes) for start in free],
     }
 
 
@@ -86,6 +105,41 @@ def calendar(request):
             "next_day": day + step,
             "waiting": waiting,
         },
+    )
+
+
+def _parse_slot(value: str) -> dt.datetime | None:
+    """A local "YYYY-MM-DDTHH:MM" from a calendar cell, in the site's zone."""
+    try:
+        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M").replace(tzinfo=site_zone())
+    except (TypeError, ValueError):
+        return None
+
+
+@requires(SCHEDULE)
+def calendar_slot(request):
+    """A free cell clicked on the calendar: the exams waiting for a slot that could take this
+    room and time, each booked with one click (through schedule_exam) or adjusted there."""
+    room = next((r for r in scheduling.rooms_for() if r.ae_title == request.GET.get("room")), None)
+    start = _parse_slot(request.GET.get("start", ""))
+    if room is None or start is None:
+        messages.error(request, _("Choose a free slot on the calendar."))
+        return redirect("web:calendar")
+    waiting = (
+        RequestedProcedure.objects.filter(status__in=[ExamStatus.ORDERED, ExamStatus.DISCONTINUED])
+        .select_related("order__patient")
+        .order_by("created_at")
+    )
+    same_modality = [e for e in waiting.filter(modality=room.modality)[:100]]
+    candidates = [
+        {"exam": e, "minutes": scheduling.duration_of(e), "problem": _slot_problem(e, room, start)}
+        for e in same_modality
+    ]
+    back = f"{reverse('web:calendar')}?{urlencode({'room': room.ae_title, 'day': start.date().isoformat()})}"
+    return render(
+        request,
+        "web/calendar_slot.html",
+        {"room": room, "start": start, "candidates": candidates, "back": back},
     )
 
 
@@ -151,9 +205,13 @@ def schedule_exam(request, accession: str):
                         _("Exam %(accession)s scheduled in %(room)s; the worklist is updated.")
                         % {"accession": exam.accession_number, "room": form.room.ae_title},
                     )
+                    if request.POST.get("next"):
+                        return redirect(safe_next(request, "web:calendar"))
                     return redirect("web:exam_detail", accession=exam.accession_number)
     else:
         initial = {"station_ae_title": room.ae_title if room else "", "date": day}
+        if _parse_slot(f"{day.isoformat()}T{request.GET.get('time', '')}"):
+            initial["time"] = request.GET["time"]  # a calendar cell's time, prefilled
         form = ScheduleForm(initial=initial, rooms=rooms)
     minutes = scheduling.duration_of(exam)
     slots = scheduling.free_slots(room, day, minutes, exam) if room else []
