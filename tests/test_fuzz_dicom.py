@@ -1,10 +1,11 @@
 """Fuzzing the live DICOM SCP (issue 9): malformed PDUs over raw sockets (truncated, bit-flipped
-A-ASSOCIATE-RQ, garbage P-DATA after an accepted association) and malformed DIMSE requests
-through pynetdicom (identifiers with wrong VRs and bad values, wrong SOP classes). Every request
-must be answered or the connection cleanly closed within a few seconds, `rundicom` must still
-run, and a C-ECHO afterwards must succeed.
+A-ASSOCIATE-RQ, garbage P-DATA after an accepted association), malformed DIMSE requests through
+pynetdicom (identifiers with wrong VRs and bad values) and hand-built DIMSE requests whose SOP
+class or operation does not belong to the presentation context they come on. Every request must
+be answered or the connection cleanly closed within a few seconds, `rundicom` must still run,
+and a C-ECHO afterwards must succeed.
 
-CI sends a few hundred; `make fuzz` (FUZZ_FULL=1) sends over a thousand."""
+CI sends about 250; `make fuzz` (FUZZ_FULL=1) sends 1,500."""
 
 from __future__ import annotations
 
@@ -13,12 +14,25 @@ import random
 import socket
 import struct
 import time
+from io import BytesIO
 
 import pytest
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
+from pynetdicom.dimse_primitives import (
+    C_ECHO,
+    C_FIND,
+    C_STORE,
+    N_ACTION,
+    N_CREATE,
+    N_DELETE,
+    N_EVENT_REPORT,
+    N_GET,
+    N_SET,
+)
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (
     CTImageStorage,
     ModalityPerformedProcedureStep,
@@ -33,6 +47,7 @@ pytestmark = pytest.mark.live
 FULL = os.environ.get("FUZZ_FULL") == "1"
 RAW_CASES = 1000 if FULL else 150
 DIMSE_CASES = 200 if FULL else 40
+WRONG_SOP_CASES = 300 if FULL else 40  # hand-built requests on the wrong presentation context
 ANSWER_SECONDS = 10.0
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -236,3 +251,190 @@ def test_command_without_a_command_field_is_aborted_at_once(scp):
         while reply and reply[:1] != b"\x07":
             reply = sock.recv(65536)
     assert reply[:1] == b"\x07"  # A-ABORT, within ANSWER_SECONDS
+
+
+# --- DIMSE requests on the wrong presentation context (hand-built: pynetdicom's SCU refuses) ---
+# PS3.7: a C-service whose SOP class is not the context's abstract syntax, or that the SOP class
+# does not offer, is refused 0x0122 (SOP Class not supported); an N-service 0x0212 (Mistyped
+# argument) when its SOP class was negotiated on another context, 0x0118 (No such SOP Class) when
+# it was not negotiated at all, and 0x0211 (Unrecognized operation) when the context's own SOP
+# class has no such operation. Each with an Error Comment. A context ID that was never
+# accepted is an A-ABORT (PS3.8 7.1.2.3 leaves it to the provider). Never a crash or a hang.
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"  # supported by the SCP, not proposed by this SCU
+UNKNOWN_CLASS = "1.2.826.0.1.3680043.9.9999.1"
+N_FAILURES = (0x0118, 0x0211, 0x0212)
+
+
+def _encoded(ds: Dataset) -> BytesIO:
+    return BytesIO(encode(ds, True, True))
+
+
+def _request(kind: str, sop_class: str) -> object:
+    """A DIMSE request primitive of `kind` naming `sop_class`, with a small valid data set."""
+    ds = Dataset()
+    ds.PatientName = "*"
+    primitive = _PRIMITIVES[kind]()
+    primitive.MessageID = random.randrange(1, 65535)
+    if kind in ("C-FIND", "C-STORE", "C-ECHO", "N-CREATE", "N-EVENT-REPORT"):
+        primitive.AffectedSOPClassUID = sop_class
+    else:
+        primitive.RequestedSOPClassUID = sop_class
+        primitive.RequestedSOPInstanceUID = generate_uid()
+    if kind in ("C-FIND", "C-STORE"):
+        primitive.Priority = 2
+    if kind == "C-FIND":
+        primitive.Identifier = _encoded(ds)
+    elif kind == "C-STORE":
+        primitive.AffectedSOPInstanceUID = generate_uid()
+        primitive.DataSet = _encoded(ds)
+    elif kind == "N-CREATE":
+        primitive.AffectedSOPInstanceUID = generate_uid()
+        primitive.AttributeList = _encoded(ds)
+    elif kind == "N-SET":
+        primitive.ModificationList = _encoded(ds)
+    elif kind == "N-ACTION":
+        primitive.ActionTypeID = 1
+    elif kind == "N-EVENT-REPORT":
+        primitive.AffectedSOPInstanceUID = generate_uid()
+        primitive.EventTypeID = 1
+    return primitive
+
+
+_PRIMITIVES = {
+    "C-ECHO": C_ECHO,
+    "C-FIND": C_FIND,
+    "C-STORE": C_STORE,
+    "N-CREATE": N_CREATE,
+    "N-SET": N_SET,
+    "N-GET": N_GET,
+    "N-ACTION": N_ACTION,
+    "N-DELETE": N_DELETE,
+    "N-EVENT-REPORT": N_EVENT_REPORT,
+}
+CONTEXTS = (Verification, ModalityWorklistInformationFind, ModalityPerformedProcedureStep, CTImageStorage)
+
+
+def _associate(port: int):
+    ae = AE(ae_title="CT1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ANSWER_SECONDS
+    for context in CONTEXTS:
+        ae.add_requested_context(context)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RIS")
+    assert assoc.is_established
+    return assoc
+
+
+def _context_id(assoc, abstract_syntax: str) -> int:
+    return next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == abstract_syntax)
+
+
+def send_raw(assoc, request, context_id: int):
+    """Send a hand-built request on `context_id`; its response primitive, or "aborted"."""
+    assoc._reactor_checkpoint.clear()  # as pynetdicom's send_*() do: the SCU's reactor keeps off
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, context_id)
+        deadline = time.monotonic() + ANSWER_SECONDS
+        while time.monotonic() < deadline:
+            _, response = assoc.dimse.get_msg(block=False)
+            if response is not None:
+                return response
+            if assoc.acse.is_aborted() or not assoc.dul.is_alive():
+                return "aborted"
+            time.sleep(0.005)
+    finally:
+        assoc._reactor_checkpoint.set()
+    raise AssertionError(f"no answer to {type(request).__name__} on context {context_id} within {ANSWER_SECONDS} s")
+
+
+def still_serves(assoc) -> None:
+    """C-ECHO and a normal MWL C-FIND on this association still work."""
+    assert assoc.send_c_echo().Status == 0x0000
+    query = Dataset()
+    query.PatientName = "*"
+    query.ScheduledProcedureStepSequence = [Dataset()]
+    statuses = [status.Status for status, _ in assoc.send_c_find(query, ModalityWorklistInformationFind)]
+    assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+
+
+@pytest.mark.parametrize(
+    ("context", "kind", "sop_class", "expected"),
+    [
+        (ModalityWorklistInformationFind, "C-FIND", ModalityPerformedProcedureStep, 0x0122),
+        (ModalityWorklistInformationFind, "C-FIND", CTImageStorage, 0x0122),
+        (ModalityWorklistInformationFind, "C-FIND", UNKNOWN_CLASS, 0x0122),
+        (ModalityWorklistInformationFind, "N-CREATE", ModalityPerformedProcedureStep, 0x0212),
+        (ModalityWorklistInformationFind, "N-CREATE", ModalityWorklistInformationFind, 0x0211),
+        (ModalityWorklistInformationFind, "C-STORE", MR_IMAGE, 0x0122),
+        (ModalityWorklistInformationFind, "C-STORE", ModalityWorklistInformationFind, 0x0122),
+        (CTImageStorage, "C-STORE", MR_IMAGE, 0x0122),
+        (CTImageStorage, "C-FIND", ModalityWorklistInformationFind, 0x0122),
+        (CTImageStorage, "N-SET", ModalityPerformedProcedureStep, 0x0212),
+        (ModalityPerformedProcedureStep, "N-SET", CTImageStorage, 0x0212),
+        (ModalityPerformedProcedureStep, "N-SET", UNKNOWN_CLASS, 0x0118),
+        (ModalityPerformedProcedureStep, "N-CREATE", MR_IMAGE, 0x0118),
+        (ModalityPerformedProcedureStep, "N-CREATE", CTImageStorage, 0x0212),
+        (ModalityPerformedProcedureStep, "C-FIND", ModalityPerformedProcedureStep, 0x0122),
+        (ModalityPerformedProcedureStep, "N-GET", ModalityPerformedProcedureStep, 0x0211),
+        (ModalityPerformedProcedureStep, "N-DELETE", ModalityPerformedProcedureStep, 0x0211),
+        (ModalityPerformedProcedureStep, "N-ACTION", ModalityPerformedProcedureStep, 0x0211),
+        (ModalityPerformedProcedureStep, "N-EVENT-REPORT", ModalityPerformedProcedureStep, 0x0211),
+        (Verification, "C-ECHO", ModalityWorklistInformationFind, 0x0122),
+        (Verification, "N-CREATE", Verification, 0x0211),
+    ],
+    ids=lambda v: getattr(v, "keyword", None) or (hex(v) if isinstance(v, int) else str(v)),
+)
+def test_request_on_the_wrong_context_is_refused_with_the_standard_status(scp, context, kind, sop_class, expected):
+    assoc = _associate(scp)
+    try:
+        response = send_raw(assoc, _request(kind, sop_class), _context_id(assoc, context))
+        assert response != "aborted"
+        assert type(response) is _PRIMITIVES[kind]
+        assert (hex(response.Status), bool(response.ErrorComment)) == (hex(expected), True)
+        still_serves(assoc)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_request_on_a_context_never_accepted_is_aborted(scp):
+    assoc = _associate(scp)
+    assert send_raw(assoc, _request("C-ECHO", Verification), 99) == "aborted"
+    assert scp_is_healthy(scp, within=5)
+
+
+def test_wrong_sop_classes_fuzzed_are_refused_or_aborted_and_the_scp_keeps_serving(scp):
+    rng = random.Random(122)
+    classes = [*CONTEXTS, MR_IMAGE, UNKNOWN_CLASS, "1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.1.20.1"]
+    outcomes = {"refused": 0, "aborted": 0}
+    assoc = _associate(scp)
+    while sum(outcomes.values()) < WRONG_SOP_CASES:
+        context, kind, sop_class = rng.choice(CONTEXTS), rng.choice(list(_PRIMITIVES)), rng.choice(classes)
+        if _serves(context, kind, sop_class):
+            continue  # a legitimate request: covered by the service tests
+        context_id = _context_id(assoc, context) if rng.random() > 0.05 else rng.choice([0, 2, 255])
+        response = send_raw(assoc, _request(kind, sop_class), context_id)
+        if response == "aborted":
+            outcomes["aborted"] += 1
+            assoc = _associate(scp)
+            continue
+        failures = N_FAILURES if kind.startswith("N-") else (0x0122,)
+        assert (response.Status in failures, bool(response.ErrorComment)) == (True, True), (kind, sop_class, context)
+        outcomes["refused"] += 1
+    try:
+        still_serves(assoc)
+    finally:
+        assoc.release()
+    assert outcomes["refused"] > outcomes["aborted"], outcomes
+    assert scp_is_healthy(scp, within=5)
+
+
+def _serves(context: str, kind: str, sop_class: str) -> bool:
+    offered = {
+        Verification: ("C-ECHO",),
+        ModalityWorklistInformationFind: ("C-FIND",),
+        ModalityPerformedProcedureStep: ("N-CREATE", "N-SET"),
+        CTImageStorage: ("C-STORE",),
+    }
+    return sop_class == context and kind in offered[context]

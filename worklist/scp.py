@@ -18,8 +18,16 @@ import threading
 from django.conf import settings
 from django.db import close_old_connections
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.sop_class import Verification
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import (
+    InstanceAvailabilityNotification,
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    Verification,
+    uid_to_service_class,
+)
 
 from worklist.models import Modality
 
@@ -48,6 +56,84 @@ def _receive_primitive_or_abort(self: DIMSEServiceProvider, primitive) -> None:
 
 
 DIMSEServiceProvider.receive_primitive = _receive_primitive_or_abort
+
+
+# --- requests on the wrong presentation context (issue 9) ---
+# pynetdicom 3.0.4 picks the service from the SOP class the request names, not from the context
+# it came on: a C-FIND naming MPPS on the MWL context was aborted, an N-SET on a storage context
+# answered with a C-STORE-RSP, an N-CREATE on the Verification context with a C-ECHO-RSP, an
+# N-GET of an MPPS 0x0110 with no comment (found by tests/test_fuzz_dicom.py). Each request is
+# checked against its context first and refused with the status PS3.7 defines.
+OPERATIONS: dict[str, tuple[str, ...]] = {
+    Verification: ("C-ECHO",),
+    ModalityWorklistInformationFind: ("C-FIND",),
+    ModalityPerformedProcedureStep: ("N-CREATE", "N-SET"),
+    InstanceAvailabilityNotification: ("N-CREATE",),
+}
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # C-services
+STATUS_NO_SUCH_SOP_CLASS = 0x0118  # N-services: a class not negotiated on this association
+STATUS_UNRECOGNIZED_OPERATION = 0x0211  # N-services: not an operation of the context's class
+STATUS_MISTYPED_ARGUMENT = 0x0212  # N-services: a class negotiated on another context
+
+
+def offered_operations(abstract_syntax: str) -> tuple[str, ...]:
+    if abstract_syntax in OPERATIONS:
+        return OPERATIONS[abstract_syntax]
+    return ("C-STORE",) if uid_to_service_class(abstract_syntax) is StorageServiceClass else ()
+
+
+def misdirected(assoc: Association, msg, context) -> tuple[int, str] | None:
+    """(status, Error Comment) refusing a request its presentation context does not carry."""
+    kind = msg.msg_type
+    sop_class = getattr(msg, "AffectedSOPClassUID", None) or getattr(msg, "RequestedSOPClassUID", None)
+    on_context = sop_class == context.abstract_syntax
+    if on_context and kind in offered_operations(context.abstract_syntax):
+        return None
+    if kind.startswith("C-"):
+        where = "by this SOP Class" if on_context else f"on presentation context {context.context_id}"
+        return STATUS_SOP_CLASS_NOT_SUPPORTED, f"{kind} not supported {where}"
+    if on_context:
+        return STATUS_UNRECOGNIZED_OPERATION, f"{kind} is not an operation of this SOP Class"
+    if any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
+        return STATUS_MISTYPED_ARGUMENT, f"SOP Class not negotiated on presentation context {context.context_id}"
+    return STATUS_NO_SUCH_SOP_CLASS, "SOP Class not negotiated on this association"
+
+
+def refuse(assoc: Association, msg, context_id: int, status: int, comment: str) -> None:
+    rsp = type(msg)()
+    rsp.MessageIDBeingRespondedTo = msg.MessageID
+    rsp.Status, rsp.ErrorComment = status, comment
+    rsp.AffectedSOPClassUID = getattr(msg, "AffectedSOPClassUID", None) or getattr(msg, "RequestedSOPClassUID", None)
+    instance = getattr(msg, "AffectedSOPInstanceUID", None) or getattr(msg, "RequestedSOPInstanceUID", None)
+    if hasattr(rsp, "AffectedSOPInstanceUID"):
+        rsp.AffectedSOPInstanceUID = instance
+    assoc.dimse.send_msg(rsp, context_id)
+
+
+_serve_request = Association._serve_request
+
+
+def _serve_request_on_its_context(self: Association, msg, context_id: int) -> None:
+    context = self._accepted_cx.get(context_id)
+    refusal = None
+    if self.is_acceptor and context is not None and msg.is_valid_request and not self._sent_release:
+        refusal = misdirected(self, msg, context)
+    if refusal is None:
+        return _serve_request(self, msg, context_id)  # pynetdicom aborts on an unknown context ID
+    calling = self.requestor.primitive.calling_ae_title.strip() if self.requestor.primitive else "?"
+    log.warning(
+        "%s from %s naming %s on context %s (%s) refused: 0x%04X %s",
+        msg.msg_type,
+        calling,
+        getattr(msg, "AffectedSOPClassUID", None) or getattr(msg, "RequestedSOPClassUID", None),
+        context_id,
+        context.abstract_syntax,
+        *refusal,
+    )
+    refuse(self, msg, context_id, *refusal)
+
+
+Association._serve_request = _serve_request_on_its_context
 
 
 def calling_ae_allowed(ae_title: str, address: str = "") -> bool:
