@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -129,4 +129,4 @@ def _write(assoc: Association, state: dict, outcome: str, reason: str) -> None:
     except Exception:  # the association is over; losing its log line must not crash the thread
         log.exception("could not log the association from %s", requestor.address)
     finally:
-        close_old_connections()
+        connection.close()  # the association's thread ends here (as worklist.storage does)
