@@ -115,3 +115,14 @@ def test_association_log_is_for_administrators_only(client, ui_users):
         assert client.get(reverse("web:dicom_associations")).status_code == 403
     client.logout()
     assert "/login/" in client.get(reverse("web:dicom_associations"))["Location"]
+
+
+def test_rows_older_than_the_retention_are_pruned(db, settings):
+    from worklist.associations import prune
+
+    settings.RIS_DICOM_ASSOCIATION_LOG_DAYS = 30
+    log_rows(2, "OLD_CT")
+    AssociationLog.objects.update(started_at=timezone.now() - dt.timedelta(days=31))
+    log_rows(1, "NEW_CT")
+    assert prune() == 2
+    assert list(AssociationLog.objects.values_list("calling_ae_title", flat=True)) == ["NEW_CT"]

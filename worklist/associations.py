@@ -6,14 +6,17 @@ PS3.8 §7.1 vocabulary: an association is accepted and then released or aborted,
 an A-ASSOCIATE-RJ (result source and diagnostic, PS3.8 Table 9-21). The services it used are
 counted from each DIMSE request received (EVT_DIMSE_RECV), e.g. {"C-FIND MWL": 3}. The row is
 written once, when the association ends (after the release response went out), so the log adds
-one INSERT per association and nothing to any DIMSE round trip.
+one INSERT per association and nothing to any DIMSE round trip. Every PRUNE_EVERY-th row also
+deletes the rows older than RIS_DICOM_ASSOCIATION_LOG_DAYS.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import Counter
 
+from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 from pynetdicom import AE, evt
@@ -42,6 +45,7 @@ REJECT_REASONS = {
     (3, 2): "local limit exceeded (too many associations)",
 }
 _STATE = "_ris_association_log"
+PRUNE_EVERY = 500
 
 
 def register(ae: AE) -> list[tuple]:
@@ -116,7 +120,7 @@ def _write(assoc: Association, state: dict, outcome: str, reason: str) -> None:
     primitive = requestor.primitive
     close_old_connections()
     try:
-        AssociationLog.objects.create(
+        row = AssociationLog.objects.create(
             calling_ae_title=(primitive.calling_ae_title if primitive else "").strip()[:16],
             called_ae_title=(primitive.called_ae_title if primitive else "").strip()[:16],
             address=f"{requestor.address}:{requestor.port}"[:64],
@@ -126,7 +130,15 @@ def _write(assoc: Association, state: dict, outcome: str, reason: str) -> None:
             started_at=state["started_at"],
             ended_at=timezone.now(),
         )
+        if row.pk % PRUNE_EVERY == 0:
+            prune()
     except Exception:  # the association is over; losing its log line must not crash the thread
         log.exception("could not log the association from %s", requestor.address)
     finally:
         connection.close()  # the association's thread ends here (as worklist.storage does)
+
+
+def prune() -> int:
+    """Delete the rows older than RIS_DICOM_ASSOCIATION_LOG_DAYS; returns how many."""
+    cutoff = timezone.now() - dt.timedelta(days=settings.RIS_DICOM_ASSOCIATION_LOG_DAYS)
+    return AssociationLog.objects.filter(started_at__lt=cutoff).delete()[0]
