@@ -38,23 +38,25 @@ def test_ae_for_an_unreadable_charset_becomes_aa_after_the_sender_profile_is_fix
     assert msa(ack)[1] == "AE"
     original = InboundMessage.objects.get()
     assert not Patient.objects.exists()
+    reprocess(admin, original)  # before the fix: AE again
+    assert InboundMessage.objects.get(control_id="L1-R1").outcome == "AE"
     SenderProfile.objects.create(sending_application="LEGACYHIS", default_charset=Charset.LATIN_1)
 
-    response = reprocess(admin, original)
+    response = reprocess(admin, original)  # seconds later: the profile is read afresh
 
-    entry = InboundMessage.objects.exclude(pk=original.pk).get()
+    entry = InboundMessage.objects.get(control_id="L1-R2")
     assert response["Location"] == reverse("web:hl7_message", args=[entry.pk])
-    assert (entry.outcome, entry.control_id, entry.peer) == ("AA", "L1-R1", f"reprocess #{original.pk}")
+    assert (entry.outcome, entry.peer) == ("AA", f"reprocess #{original.pk}")
     assert entry.error == f"reprocess of #{original.pk}"
     assert Patient.objects.get(patient_id="LEG1").family_name == "Hélène"
     before = InboundMessage.objects.get(pk=original.pk)
     assert (before.outcome, bytes(before.raw), bytes(before.ack)) == ("AE", LATIN1_ADT, bytes(original.ack))
-    event = AuditEvent.objects.get(action="hl7.reprocessed")
+    event = AuditEvent.objects.filter(action="hl7.reprocessed").latest("id")
     assert event.actor == "admin"
     assert event.detail == {
         "original": original.pk,
         "entry": entry.pk,
-        "control_id": "L1-R1",
+        "control_id": "L1-R2",
         "old_outcome": "AE",
         "new_outcome": "AA",
     }
