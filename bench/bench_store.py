@@ -38,6 +38,7 @@ from common import (
     create_postgres,
     drop_postgres,
     free_port,
+    mpps_datasets,
     postgres_url,
     reachable,
     start,
@@ -295,35 +296,6 @@ def mpps_scu(port: int):
     assoc = ae.associate("127.0.0.1", port, ae_title="RIS")
     assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return assoc, ModalityPerformedProcedureStep
-
-
-def mpps_datasets(study_uid: str, accession: str, sps_id: str, sop_uids: list[str], series_uid: str):
-    from pydicom.dataset import Dataset
-    from pydicom.uid import CTImageStorage
-
-    item = Dataset()
-    item.StudyInstanceUID, item.AccessionNumber, item.ScheduledProcedureStepID = study_uid, accession, sps_id
-    item.RequestedProcedureID, item.ReferencedStudySequence, item.ScheduledProtocolCodeSequence = "", [], []
-    create = Dataset()
-    create.ScheduledStepAttributesSequence = [item]
-    create.PatientName, create.PatientID = "BENCH^PATIENT", "BENCH1"
-    create.PerformedProcedureStepID, create.PerformedStationAETitle, create.Modality = "PPS", "BENCH", "CT"
-    create.PerformedProcedureStepStartDate, create.PerformedProcedureStepStartTime = "20260101", "120000"
-    create.PerformedProcedureStepStatus = "IN PROGRESS"
-    create.PerformedSeriesSequence = []
-    series = Dataset()
-    series.SeriesInstanceUID, series.ProtocolName = series_uid, "BENCH"
-    refs = []
-    for uid in sop_uids:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CTImageStorage, uid
-        refs.append(ref)
-    series.ReferencedImageSequence = refs
-    done = Dataset()
-    done.PerformedProcedureStepStatus = "COMPLETED"
-    done.PerformedProcedureStepEndDate, done.PerformedProcedureStepEndTime = "20260101", "121000"
-    done.PerformedSeriesSequence = [series]
-    return create, done
 
 
 def measure_latency(work: Path, label: str, database_url: str, broker_url: str, exams: int) -> dict:

@@ -45,6 +45,7 @@ from common import (
     descendants,
     drop_postgres,
     free_port,
+    mpps_datasets,
     postgres_and_rabbitmq,
     start,
     stop,
@@ -254,36 +255,6 @@ def mpps(port: int, station: str, what: str, ds, uid: str) -> float:
     return time.perf_counter() - started
 
 
-def mpps_datasets(exam: dict, station: str, series_uid: str, sop_uids: list[str]):
-    from pydicom.dataset import Dataset
-    from pydicom.uid import CTImageStorage
-
-    item = Dataset()
-    item.StudyInstanceUID, item.AccessionNumber = exam["study_uid"], exam["accession"]
-    item.ScheduledProcedureStepID, item.RequestedProcedureID = exam["sps_id"], ""
-    item.ReferencedStudySequence, item.ScheduledProtocolCodeSequence = [], []
-    create = Dataset()
-    create.ScheduledStepAttributesSequence = [item]
-    create.PatientName, create.PatientID = "DAY^PATIENT", exam["patient_id"]
-    create.PerformedProcedureStepID, create.PerformedStationAETitle, create.Modality = "PPS", station, "CT"
-    create.PerformedProcedureStepStartDate, create.PerformedProcedureStepStartTime = "20260101", "120000"
-    create.PerformedProcedureStepStatus = "IN PROGRESS"
-    create.PerformedSeriesSequence = []
-    series = Dataset()
-    series.SeriesInstanceUID, series.ProtocolName = series_uid, "DAY"
-    refs = []
-    for uid in sop_uids:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CTImageStorage, uid
-        refs.append(ref)
-    series.ReferencedImageSequence = refs
-    done = Dataset()
-    done.PerformedProcedureStepStatus = "COMPLETED"
-    done.PerformedProcedureStepEndDate, done.PerformedProcedureStepEndTime = "20260101", "121000"
-    done.PerformedSeriesSequence = [series]
-    return create, done
-
-
 def storescu(port: int, station: str, folder: Path) -> float:
     started = time.perf_counter()
     argv = ["storescu", "-aet", station, "-aec", "RIS", "127.0.0.1", str(port), "+sd", str(folder)]
@@ -443,7 +414,9 @@ def drive(work, env, ports, token, his, run, stations, orders, images) -> dict:
             exam = exams[accession]
             folder = work / "images" / accession
             series_uid, sops = write_images(folder, exam, images)
-            create, done = mpps_datasets(exam, station, series_uid, sops)
+            ids = exam["study_uid"], exam["accession"], exam["sps_id"]
+            who = {"station": station, "patient_id": exam["patient_id"], "label": "DAY"}
+            create, done = mpps_datasets(*ids, sops, series_uid, **who)
             uid = generate_uid()
             times = {"create": mpps(ports["dicom"], station, "create", create, uid)}
             times["store"] = storescu(ports["dicom"], station, folder)

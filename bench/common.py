@@ -1,5 +1,6 @@
 """What every benchmark needs around the thing it measures: free ports, starting and stopping
-servers, their CPU time and process tree from /proc, and a scratch PostgreSQL database.
+servers, their CPU time and process tree from /proc, a scratch PostgreSQL database, and the MPPS a
+modality sends.
 
 Benchmark modules import it as `common` (bench/ is on sys.path both under bench/run.py and when a
 module runs alone as `python bench/bench_x.py`).
@@ -172,3 +173,47 @@ def postgres_url(name: str) -> str:
 def drop_postgres(name: str) -> None:
     with _admin_connection() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- a modality's MPPS -------------------------------------------------------------------------------
+
+
+def mpps_datasets(
+    study_uid: str,
+    accession: str,
+    sps_id: str,
+    sop_uids: list[str],
+    series_uid: str,
+    *,
+    station: str = "BENCH",
+    patient_id: str = "BENCH1",
+    label: str = "BENCH",
+):
+    """The N-CREATE (IN PROGRESS) and N-SET (COMPLETED, listing `sop_uids` as CT images of one
+    series) datasets a modality sends for one scheduled step."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import CTImageStorage
+
+    item = Dataset()
+    item.StudyInstanceUID, item.AccessionNumber, item.ScheduledProcedureStepID = study_uid, accession, sps_id
+    item.RequestedProcedureID, item.ReferencedStudySequence, item.ScheduledProtocolCodeSequence = "", [], []
+    create = Dataset()
+    create.ScheduledStepAttributesSequence = [item]
+    create.PatientName, create.PatientID = f"{label}^PATIENT", patient_id
+    create.PerformedProcedureStepID, create.PerformedStationAETitle, create.Modality = "PPS", station, "CT"
+    create.PerformedProcedureStepStartDate, create.PerformedProcedureStepStartTime = "20260101", "120000"
+    create.PerformedProcedureStepStatus = "IN PROGRESS"
+    create.PerformedSeriesSequence = []
+    series = Dataset()
+    series.SeriesInstanceUID, series.ProtocolName = series_uid, label
+    refs = []
+    for uid in sop_uids:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CTImageStorage, uid
+        refs.append(ref)
+    series.ReferencedImageSequence = refs
+    done = Dataset()
+    done.PerformedProcedureStepStatus = "COMPLETED"
+    done.PerformedProcedureStepEndDate, done.PerformedProcedureStepEndTime = "20260101", "121000"
+    done.PerformedSeriesSequence = [series]
+    return create, done
