@@ -107,3 +107,7 @@ class AssociationLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.calling_ae_title} -> {self.called_ae_title} ({self.outcome})"
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.ended_at - self.started_at).total_seconds()
