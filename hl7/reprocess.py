@@ -3,8 +3,10 @@
 again through the inbound pipeline (hl7.inbound.handle_frame) as a NEW journal entry.
 
 The original entry is left as it was: it records what the sender was answered. The new entry's
-peer is "reprocess #<original id>" and its error text starts with "reprocess of #<id>", which
-links the two. Its answer is kept in the journal only; the sender is not told.
+peer is "<original address>:reprocess #<original id>" (the frame comes again from where it came
+from, so a sender profile's allowed_peers still applies) and its error text starts with
+"reprocess of #<id>", which links the two. Its answer is kept in the journal only; the sender
+is not told.
 
 The journal answers a repeated MSH-10 from the same sender with the earlier AA/AE answer
 (contract: "changes nothing"). An AR answer is not reused, so an AR frame runs again unchanged
@@ -23,7 +25,7 @@ from ris import workflow
 from ris.models import ActorKind
 
 REPROCESSABLE = ("AE", "AR")
-PEER_PREFIX = "reprocess #"
+PEER_MARK = ":reprocess #"  # between the original address and the original entry's id
 PERMISSION = "ris.view_auditevent"  # the administrators', who read the HL7 journal
 
 
@@ -35,13 +37,15 @@ class Reprocessed:
 
 
 def link_peer(original: InboundMessage) -> str:
-    return f"{PEER_PREFIX}{original.pk}"
+    """The peer of `original`'s reprocess entries: its address, then the link to it."""
+    address = original.peer.rsplit(":", 1)[0]
+    return f"{address[: 64 - len(PEER_MARK) - 12]}{PEER_MARK}{original.pk}"
 
 
 def reprocess_of(entry: InboundMessage) -> int | None:
     """The id of the entry that `entry` reprocessed, if it is a reprocess."""
-    number = entry.peer.removeprefix(PEER_PREFIX)
-    return int(number) if entry.peer.startswith(PEER_PREFIX) and number.isdigit() else None
+    _, mark, number = entry.peer.rpartition(PEER_MARK)
+    return int(number) if mark and number.isdigit() else None
 
 
 def with_control_id(raw: bytes, control_id: str) -> bytes:

@@ -46,7 +46,7 @@ def test_ae_for_an_unreadable_charset_becomes_aa_after_the_sender_profile_is_fix
 
     entry = InboundMessage.objects.get(control_id="L1-R2")
     assert response["Location"] == reverse("web:hl7_message", args=[entry.pk])
-    assert (entry.outcome, entry.peer) == ("AA", f"reprocess #{original.pk}")
+    assert (entry.outcome, entry.peer) == ("AA", f"127.0.0.1:reprocess #{original.pk}")
     assert entry.error == f"reprocess of #{original.pk}"
     assert Patient.objects.get(patient_id="LEG1").family_name == "Hélène"
     before = InboundMessage.objects.get(pk=original.pk)
@@ -71,6 +71,23 @@ def test_cancel_that_overtook_its_order_is_reprocessed_after_the_order_arrived(s
     reprocess(admin, cancel)
     assert InboundMessage.objects.get(control_id="C1-R1").outcome == "AA"
     assert RequestedProcedure.objects.get().status == ExamStatus.CANCELLED
+
+
+def test_reprocess_comes_from_the_original_address_so_allowed_peers_still_apply(shared_mllp_listener, admin):
+    SenderProfile.objects.create(sending_application="HIS", allowed_peers="127.0.0.0/8")
+    send(shared_mllp_listener, orm(control="CA", msg_id="C6", status="CA"))
+    send(shared_mllp_listener, orm(msg_id="N6"))
+    cancel = InboundMessage.objects.get(control_id="C6")
+    reprocess(admin, cancel)
+    assert InboundMessage.objects.get(control_id="C6-R1").outcome == "AA"
+    SenderProfile.objects.update(allowed_peers="10.9.9.0/24")  # the sender moved: no longer from here
+    original = InboundMessage.objects.get(control_id="N6")
+    stored = InboundMessage.objects.create(
+        peer=original.peer, raw=bytes(original.raw).replace(b"|N6|", b"|N7|"), outcome="AR", control_id="N7"
+    )
+    reprocess(admin, stored)
+    entry = InboundMessage.objects.filter(pk__gt=stored.pk).get()
+    assert entry.outcome == "AR" and "not allowed from 127.0.0.1" in entry.error
 
 
 def test_a_second_reprocess_of_an_ae_runs_again_under_the_next_control_id(shared_mllp_listener, admin):

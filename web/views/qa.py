@@ -48,11 +48,11 @@ def rejected_messages():
     """AE/AR answers still to deal with: not themselves reprocess runs, and not reprocessed to an
     AA since; each with the answer of its latest reprocess, if any."""
     runs = InboundMessage.objects.filter(
-        peer=Concat(Value(hl7_reprocess.PEER_PREFIX), Cast(OuterRef("pk"), CharField()))
+        peer__endswith=Concat(Value(hl7_reprocess.PEER_MARK), Cast(OuterRef("pk"), CharField()))
     ).order_by("-pk")
     return (
         InboundMessage.objects.filter(outcome__in=hl7_reprocess.REPROCESSABLE)
-        .exclude(peer__startswith=hl7_reprocess.PEER_PREFIX)
+        .exclude(peer__contains=hl7_reprocess.PEER_MARK)
         .annotate(last_reprocess=Subquery(runs.values("pk")[:1]), last_outcome=Subquery(runs.values("outcome")[:1]))
         .filter(Q(last_outcome__isnull=True) | ~Q(last_outcome="AA"))
         .defer("raw", "ack")
