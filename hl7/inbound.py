@@ -265,6 +265,11 @@ def _type_of(msh: list[str]) -> tuple[str, str]:
 _profiles: dict[tuple[str, str], tuple[float, SenderProfile]] = {}
 
 
+def forget_sender_profiles() -> None:
+    """Drop this process's cached sender profiles (the next message reads them afresh)."""
+    _profiles.clear()
+
+
 def sender_profile(application: str, facility: str) -> SenderProfile:
     """The sender's settings (exact facility first, then any facility), cached briefly."""
     key = (application, facility)

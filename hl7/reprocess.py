@@ -72,7 +72,7 @@ def reprocess(actor: workflow.Actor, original: InboundMessage) -> Reprocessed:
         raw = with_control_id(raw, control_id)
     before = InboundMessage.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     # The operator has usually just fixed a sender profile: read it afresh, not from the cache.
-    inbound._profiles.clear()
+    inbound.forget_sender_profiles()
     inbound.handle_frame(raw, peer)
     entry = InboundMessage.objects.filter(peer=peer, pk__gt=before).order_by("-pk").first()
     if entry is None:  # the journal was unavailable: handle_frame answered AR without an entry
