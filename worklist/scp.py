@@ -17,9 +17,10 @@ import threading
 
 from django.conf import settings
 from django.db import close_old_connections
-from pynetdicom import AE, evt
+from pynetdicom import AE, evt, fsm
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import (
     InstanceAvailabilityNotification,
@@ -136,6 +137,43 @@ def _serve_request_on_its_context(self: Association, msg, context_id: int) -> No
 Association._serve_request = _serve_request_on_its_context
 
 
+# --- association slots under malformed connections (issue 9) ---
+# pynetdicom counts an acceptor thread against maximum_associations from the TCP connect until the
+# thread ends. Until an A-ASSOCIATE-RQ arrives that thread waits on its DUL for up to acse_timeout
+# and only an RQ wakes it: a connection that sent an invalid PDU (AA-1) or an A-ABORT (AA-2) was
+# closed at once yet held its slot for acse_timeout, and an RQ that decodes but cannot be read
+# (an even presentation context ID, a UID that is not ASCII) raised inside the state machine,
+# killed the DUL thread and left the connection open and unanswered as long. A burst of either
+# filled the slots and valid associations got A-ASSOCIATE-RJ "local limit exceeded" (found by
+# tests/test_fuzz_dicom.py). Such a request is now aborted (A-ABORT, service-provider, invalid
+# PDU parameter value), and whenever the DUL leaves Sta2 other than with an RQ the acceptor thread
+# is woken to close the connection and free its slot.
+def handle_fsm_transition(event: evt.Event) -> None:
+    if event.current_state != "Sta2" or not event.assoc.is_acceptor:
+        return
+    if event.next_state != "Sta3":
+        event.assoc.dul.to_user_queue.put(None)  # read by the acceptor as "no A-ASSOCIATE-RQ"
+    elif event.assoc.dul.socket and event.assoc.dul.socket.socket:
+        event.assoc.dul.socket.socket.settimeout(event.assoc.network_timeout)  # see handle_open
+
+
+def _read_associate_rq_or_abort(dul) -> str:
+    """AE-6 (Sta2 + Evt6), with an A-ASSOCIATE-RQ pynetdicom cannot turn into a primitive aborted."""
+    try:
+        return PYNETDICOM_AE_6(dul)
+    except Exception as exc:
+        log.warning("unreadable A-ASSOCIATE-RQ from %s: %s; aborted", dul.assoc.requestor.address, exc)
+        pdu = A_ABORT_RQ()
+        pdu.source, pdu.reason_diagnostic = 0x02, 0x06  # service-provider, invalid-PDU-parameter value
+        dul._send(pdu)
+        dul.artim_timer.start()
+        return "Sta13"
+
+
+PYNETDICOM_AE_6 = fsm.ACTIONS["AE-6"][1]
+fsm.ACTIONS["AE-6"] = (fsm.ACTIONS["AE-6"][0], _read_associate_rq_or_abort, fsm.ACTIONS["AE-6"][2])
+
+
 def calling_ae_allowed(ae_title: str, address: str = "") -> bool:
     """A registered, enabled AE title (its own or an alias), from its host if it is bound to one
     (issue 9); unknown titles only with RIS_DICOM_ALLOW_ANY_AE, which never lifts a host binding."""
@@ -181,6 +219,10 @@ def handle_open(event: evt.Event) -> None:
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # An accepted socket blocks without limit: a peer that sent part of a PDU and then nothing
+        # held its DUL thread, connection and association slot for good (issue 9). The ARTIM
+        # timeout until the A-ASSOCIATE-RQ is in, the network timeout after (handle_fsm_transition).
+        sock.settimeout(event.assoc.acse_timeout)
 
 
 def register(ae: AE) -> list[tuple]:
@@ -188,6 +230,7 @@ def register(ae: AE) -> list[tuple]:
     ae.add_supported_context(Verification)
     return [
         (evt.EVT_CONN_OPEN, handle_open),
+        (evt.EVT_FSM_TRANSITION, handle_fsm_transition),
         (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
     ]
@@ -202,9 +245,11 @@ SERVICES.append("worklist.associations")
 def build_ae() -> tuple[AE, list[tuple]]:
     ae = AE(ae_title=settings.RIS_AE_TITLE)
     ae.maximum_associations = settings.RIS_DICOM_MAX_ASSOCIATIONS
-    ae.acse_timeout = 30
+    # ARTIM: a modality sends its A-ASSOCIATE-RQ right after connecting; a connection that sends
+    # nothing (or half a PDU) holds an association slot until this expires (issue 9).
+    ae.acse_timeout = 10
     ae.dimse_timeout = 60
-    ae.network_timeout = 300
+    ae.network_timeout = 300  # an idle established association: modalities keep one open a while
     handlers = []
     for module in SERVICES:
         handlers += importlib.import_module(module).register(ae)
