@@ -6,8 +6,11 @@ modality's client certificate. (MLLP over TLS is tested in tests/test_hl7_inboun
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,19 @@ def test_client_with_a_certificate_from_another_ca_is_refused(tls_scp, pki, tmp_
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca.pem"]))
     context.load_cert_chain(str(other["client.pem"]), str(other["client.key"]))
     assert not echo(tls_scp, context)
+
+
+def test_a_silent_connection_to_the_tls_port_does_not_stop_other_modalities(tls_scp, pki):
+    """The TLS handshake must not run on the listener's accept loop: a peer that connects and
+    sends nothing (or never finishes the handshake) would stop every other association."""
+    with socket.create_connection(("127.0.0.1", tls_scp)) as silent:
+        unblock = threading.Timer(8, silent.shutdown, (socket.SHUT_RDWR,))
+        unblock.start()  # should the listener wait for this peer, the test fails instead of hanging
+        started = time.monotonic()
+        try:
+            assert echo(tls_scp, client_context(pki))
+            assert time.monotonic() - started < 5
+        finally:
+            unblock.cancel()
+        silent.settimeout(20)
+        assert silent.recv(1) == b""  # and it is closed after the ARTIM timeout (10 s)

@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (
     Verification,
     uid_to_service_class,
 )
+from pynetdicom.transport import AssociationServer
 
 from worklist.models import Modality
 
@@ -223,6 +224,25 @@ def handle_open(event: evt.Event) -> None:
         # held its DUL thread, connection and association slot for good (issue 9). The ARTIM
         # timeout until the A-ASSOCIATE-RQ is in, the network timeout after (handle_fsm_transition).
         sock.settimeout(event.assoc.acse_timeout)
+    if isinstance(sock, ssl.SSLSocket):
+        try:
+            sock.do_handshake()  # here, in the association's thread: see accept_without_handshake
+        except (OSError, ValueError) as exc:
+            log.warning("TLS handshake with %s failed: %s", event.address[0], exc)
+            sock.close()  # the DUL sees the connection closed (AA-5) and the association ends
+
+
+def accept_without_handshake(self: AssociationServer) -> tuple[socket.socket, tuple[str, int]]:
+    """pynetdicom 3.0.4 does the TLS handshake on the listener's accept loop, on a socket with no
+    timeout: one peer that connected and sent nothing stopped every other association for good
+    (issue 9). Accept only; handle_open shakes hands in the association's thread, within ARTIM."""
+    client, address = self.socket.accept()
+    if self.ssl_context:
+        client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+    return client, address
+
+
+AssociationServer.get_request = accept_without_handshake
 
 
 def register(ae: AE) -> list[tuple]:
