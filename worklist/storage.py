@@ -3,7 +3,8 @@ swf-spec §7: every standard Storage SOP class in the common transfer syntaxes.
 
 Each instance is written under RIS_STORAGE_DIR/<Study UID>/<Series UID>/<SOP UID>.dcm as it
 was received (Part 10, no re-encoding), through a temporary file and an atomic rename, so no
-reader ever sees half a file; a duplicate replaces the file and adds no row. The arrival is
+reader ever sees half a file, and flushed to disk (file and directory) before the success status,
+so an acknowledged instance survives a crash; a duplicate replaces the file and adds no row. The arrival is
 recorded at once; the completeness decision is left to a Celery task, queued for each exam
 the first time the association touches it and again when the association ends. With RIS_PACS
 set, each instance also gets an outbox row that forwards it there (worklist/forward.py).
@@ -116,21 +117,54 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
 _known_directories: set[Path] = set()
 
 
+def sync_directory(directory: Path) -> None:
+    """Make the entries of `directory` (a rename, a new file or folder) survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_directories(directory: Path) -> None:
+    """mkdir -p, each new folder's entry synced in its parent (a synced file in a folder whose
+    own entry was lost would be lost with it)."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # another association made it first; it synced it
+            continue
+        sync_directory(folder.parent)
+
+
 def write_atomically(path: Path, data: bytes) -> bool:
-    """Write through a temporary file in the same directory and rename it over the target.
-    Returns whether the file existed before (a duplicate). A failure leaves nothing behind."""
+    """Write through a temporary file in the same directory, flush it to disk, rename it over the
+    target and sync the directory: when the C-STORE is answered with success the instance is on
+    disk, whole. Returns whether the file existed before (a duplicate). A failure leaves nothing
+    behind."""
     if path.parent not in _known_directories:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_directories(path.parent)
         _known_directories.add(path.parent)
     existed = os.path.exists(path)
     temporary = path.parent / f".incoming-{path.name}.{threading.get_ident()}.part"
+    renamed = False
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+            out.flush()
+            os.fdatasync(out.fileno())
         os.replace(temporary, path)
+        renamed = True
+        sync_directory(path.parent)
     except BaseException:
         temporary.unlink(missing_ok=True)
+        if renamed and not existed:  # refused: the file the modality will send again goes too
+            path.unlink(missing_ok=True)
         if not path.parent.exists():  # removed behind our back: make it again next time
             _known_directories.discard(path.parent)
         raise
