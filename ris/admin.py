@@ -2,6 +2,9 @@
 edited here: they change only through ris.workflow."""
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 
 from ris import models
 
@@ -46,3 +49,25 @@ class AuditEventAdmin(admin.ModelAdmin):
 
 
 admin.site.register([models.ImagingOrder, models.PerformedStep, models.Report, models.OutboundMessage])
+
+
+class PeopleAdmin(UserAdmin):
+    """The admin role sees people and their roles and deactivates them here; only a superuser
+    changes names, roles, permissions or passwords. Roles are given with `manage.py user add NAME
+    --role ROLE`: an admin could otherwise make themselves a radiologist, or set a radiologist's
+    password and sign as them (least privilege, issue 9)."""
+
+    def get_readonly_fields(self, request, obj=None):
+        if request.user.is_superuser:
+            return super().get_readonly_fields(request, obj)
+        return ("username", "first_name", "last_name", "email", "is_staff", "is_superuser", "groups",
+                "user_permissions", "last_login", "date_joined")  # fmt: skip
+
+    def user_change_password(self, request, id, form_url=""):
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        return super().user_change_password(request, id, form_url)
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), PeopleAdmin)

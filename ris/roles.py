@@ -24,6 +24,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "worklist.change_modality",
         "worklist.delete_modality",
         "worklist.view_modality",
+        # People: see who has which role and deactivate them (which also stops their API token).
+        # Roles, passwords and tokens stay with the operator's `manage.py user` / `apitoken`: an
+        # admin who could set them could make themselves a radiologist (ris/admin.py).
+        "auth.view_user",
+        "auth.change_user",
     ],
 }
 ROLES = tuple(ROLE_PERMISSIONS)

@@ -1328,21 +1328,24 @@ def assess_completeness(exam: RequestedProcedure) -> Completeness:
         .filter(~Exists(listed))
         .count()
     )
-    # The quiet period counts from the last arrival in the exam's studies, and in any study that
-    # holds a listed instance (one not matched to the exam yet).
-    holding = Series.objects.filter(
-        instances__sop_instance_uid__in=_expected_instances(ids).values("sop_instance_uid")
-    ).values("study_id")
-    last = Study.objects.filter(Q(requested_procedure=exam) | Q(pk__in=holding)).aggregate(last=Max("last_arrival_at"))
     return Completeness(
         performed_ids=ids,
         expected=counts["expected"],
         missing=counts["missing"],
         extra=extra,
         series_complete=None if counts["expected"] else _series_arrived(performed),
-        last_arrival_at=last["last"],
+        last_arrival_at=_last_arrival(exam, ids),
         mpps_completed=any(p.status == P.COMPLETED for p in performed),
     )
+
+
+def _last_arrival(exam: RequestedProcedure, performed_ids: Sequence[int]) -> dt.datetime | None:
+    """The quiet period counts from the last arrival in the exam's studies, and in any study
+    that holds a listed instance (one not matched to the exam yet)."""
+    listed = _expected_instances(performed_ids).values("sop_instance_uid")
+    holding = Series.objects.filter(instances__sop_instance_uid__in=listed).values("study_id")
+    studies = Study.objects.filter(Q(requested_procedure=exam) | Q(pk__in=holding))
+    return studies.aggregate(last=Max("last_arrival_at"))["last"]
 
 
 @dataclass
@@ -1363,11 +1366,15 @@ def _arrival_decision(exam: RequestedProcedure, now: dt.datetime) -> tuple[Arriv
         if waited < timeout:
             return ArrivalDecision("incomplete", wait_seconds=timeout - waited, missing=c.missing), c
         return ArrivalDecision("images_missing", missing=c.missing), c
+    return _quiet_decision(c.last_arrival_at, now), c
+
+
+def _quiet_decision(last_arrival_at: dt.datetime | None, now: dt.datetime) -> ArrivalDecision:
     quiet = settings.RIS_ARRIVAL_QUIET_SECONDS
-    since_last = (now - c.last_arrival_at).total_seconds() if c.last_arrival_at else quiet
+    since_last = (now - last_arrival_at).total_seconds() if last_arrival_at else quiet
     if since_last < quiet:
-        return ArrivalDecision("waiting_quiet", wait_seconds=quiet - since_last), c
-    return ArrivalDecision("ready"), c
+        return ArrivalDecision("waiting_quiet", wait_seconds=quiet - since_last)
+    return ArrivalDecision("ready")
 
 
 def settle_exam_arrivals(actor: Actor, exam: RequestedProcedure, *, now: dt.datetime | None = None) -> ArrivalDecision:
@@ -1375,44 +1382,50 @@ def settle_exam_arrivals(actor: Actor, exam: RequestedProcedure, *, now: dt.date
     MPPS is COMPLETED, every instance it lists has arrived and nothing arrived for the quiet
     period. Extras are flagged, never blocking; instances still missing after the timeout put the
     exam on the QA list. Most checks change nothing and only read; a decision that changes the
-    exam is taken again under its row lock, where its status decides (idempotent)."""
+    exam is recorded under its row lock, where its status decides (idempotent)."""
     exam = RequestedProcedure.objects.filter(pk=exam.pk).first()
     if exam is None or exam.status != E.COMPLETED:
         return ArrivalDecision("not_applicable")
-    decision, _ = _arrival_decision(exam, now or timezone.now())
-    if decision.outcome in ("incomplete", "waiting_quiet"):
-        return decision
-    if decision.outcome == "images_missing" and QA_IMAGES_MISSING in exam.qa_problem:
-        return decision
-    return _settle_locked(actor, exam, now)
+    now = now or timezone.now()
+    decision, c = _arrival_decision(exam, now)
+    newly_missing = decision.outcome == "images_missing" and QA_IMAGES_MISSING not in exam.qa_problem
+    if decision.outcome == "ready" or newly_missing:
+        return _record_arrival_decision(actor, exam, decision, c, now)
+    return decision
 
 
 @transaction.atomic
-def _settle_locked(actor: Actor, exam: RequestedProcedure, now: dt.datetime | None) -> ArrivalDecision:
+def _record_arrival_decision(
+    actor: Actor, exam: RequestedProcedure, decision: ArrivalDecision, c: Completeness, now: dt.datetime
+) -> ArrivalDecision:
+    """Under the exam's row lock: another check may have decided first (the status says), and an
+    instance may have arrived since the read (the quiet period starts again)."""
     exam = _lock_exam(exam)
     if exam.status != E.COMPLETED:
         return ArrivalDecision("not_applicable")
-    decision, c = _arrival_decision(exam, now or timezone.now())
-    if decision.outcome == "images_missing" and QA_IMAGES_MISSING not in exam.qa_problem:
-        _clear_qa(exam, QA_IMAGES_MISSING)
-        _flag_qa(exam, f"{QA_IMAGES_MISSING}: {c.missing} of {c.expected}")
-        missing = _expected_instances(c.performed_ids).filter(_not_arrived()).order_by("sop_instance_uid")
-        missing = missing.values_list("sop_instance_uid")
-        uids = list(dict.fromkeys(uid for (uid,) in missing[:200]))[:100]
-        audit(actor, "exam.images_missing", exam=exam, missing=uids, count=c.missing)
-    elif decision.outcome == "ready":
-        _clear_qa(exam, QA_IMAGES_MISSING)
-        if c.extra:
-            _flag_qa(exam, f"{QA_EXTRA_INSTANCES}: {c.extra}")
-        _set_exam_status(
-            exam,
-            E.READY_FOR_READING,
-            actor,
-            "exam.ready_for_reading",
-            expected=c.expected,
-            arrived=c.arrived,
-            extra=c.extra,
-        )
+    if decision.outcome == "images_missing":
+        if QA_IMAGES_MISSING not in exam.qa_problem:
+            _clear_qa(exam, QA_IMAGES_MISSING)
+            _flag_qa(exam, f"{QA_IMAGES_MISSING}: {c.missing} of {c.expected}")
+            missing = _expected_instances(c.performed_ids).filter(_not_arrived()).order_by("sop_instance_uid")
+            uids = list(dict.fromkeys(missing.values_list("sop_instance_uid", flat=True)[:200]))[:100]
+            audit(actor, "exam.images_missing", exam=exam, missing=uids, count=c.missing)
+        return decision
+    decision = _quiet_decision(_last_arrival(exam, c.performed_ids), now)
+    if decision.outcome != "ready":
+        return decision
+    _clear_qa(exam, QA_IMAGES_MISSING)
+    if c.extra:
+        _flag_qa(exam, f"{QA_EXTRA_INSTANCES}: {c.extra}")
+    _set_exam_status(
+        exam,
+        E.READY_FOR_READING,
+        actor,
+        "exam.ready_for_reading",
+        expected=c.expected,
+        arrived=c.arrived,
+        extra=c.extra,
+    )
     return decision
 
 
