@@ -206,6 +206,9 @@ class RequestedProcedure(models.Model):
     needs_reconciliation = models.BooleanField(default=False, db_index=True)
     # Set by arrival tracking: "images missing", "extra instances", ...; empty when nothing is wrong.
     qa_problem = models.CharField(max_length=200, blank=True, default="")
+    # Due time of the completeness check queued for this exam (worklist.tasks), None when none is:
+    # further requests join it instead of queueing one task per arrival.
+    arrival_check_due_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

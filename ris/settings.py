@@ -345,6 +345,13 @@ RIS_HIS_FILLER_ORDERS = env_bool("RIS_HIS_FILLER_ORDERS", True)
 # waiting checks stall the worker (measured: scan-to-ready p50 7 s instead of 0.2 s for 20 exams).
 if CELERY_BROKER_URL.startswith("sqla+"):
     CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("RIS_EMBEDDED_PREFETCH_MULTIPLIER", 16)
+# Completeness checks have a queue of their own ("<default>.arrival"), consumed by every worker
+# with the default one: a check waits for a free worker slot, not behind a backlog of outbox
+# deliveries (docs/conformance/dicom.md, "Completeness": what was measured).
+from kombu import Queue  # noqa: E402
+
+RIS_ARRIVAL_QUEUE_SUFFIX = ".arrival"
+CELERY_TASK_QUEUES = (Queue(CELERY_TASK_DEFAULT_QUEUE), Queue(CELERY_TASK_DEFAULT_QUEUE + RIS_ARRIVAL_QUEUE_SUFFIX))
 
 # --- Security: DICOM TLS, audit syslog (issue 9) ------------------------------------------
 # DICOM over TLS (PS3.15 B.1 Secure Transport Connection Profile): both set turns TLS on for the

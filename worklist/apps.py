@@ -11,3 +11,10 @@ class WorklistConfig(AppConfig):
         from worklist.datasets import on_scheduled_steps_changed
 
         scheduled_steps_changed.connect(on_scheduled_steps_changed, dispatch_uid="worklist.mwl_dataset")
+        # Images that came before their order are matched to the exam once it exists (issue 5).
+        from django.db.models.signals import post_save
+
+        from ris.models import RequestedProcedure
+        from worklist.arrival import on_exam_created
+
+        post_save.connect(on_exam_created, sender=RequestedProcedure, dispatch_uid="worklist.arrival_before_order")

@@ -14,6 +14,8 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 
+from django.conf import settings
+from django.db import transaction
 from pydicom.dataset import Dataset
 
 from ris import workflow
@@ -106,6 +108,31 @@ def record_arrivals(
         workflow.record_instances_arrived(actor, exam, source, items)
         matched[study_uid] = exam.pk if exam is not None else None
     return matched
+
+
+# --- Images before their order ---------------------------------------------------------------
+
+MATCH_STUDIES = "worklist.tasks.match_unmatched_studies"
+
+
+def on_exam_created(sender, instance: RequestedProcedure, created: bool, raw: bool = False, **_kwargs) -> None:
+    """post_save of an exam (worklist.apps): once its order is committed, studies that arrived
+    before it and that it claims are matched to it by a worker (the periodic sweep also does).
+    One indexed query per new exam here; the broker only hears of it when there is something."""
+    if created and not raw:
+        transaction.on_commit(lambda: _queue_match_if_claimed(instance), robust=True)
+
+
+def _queue_match_if_claimed(exam: RequestedProcedure) -> None:
+    if not workflow.unmatched_studies(exam).exists():
+        return
+    from ris.celery import app
+
+    try:
+        queue = app.conf.task_default_queue + settings.RIS_ARRIVAL_QUEUE_SUFFIX
+        app.send_task(MATCH_STUDIES, args=[exam.pk], queue=queue)
+    except Exception:
+        log.exception("could not queue the matching of studies to exam %s; the sweep will", exam.pk)
 
 
 # While an association delivers instances, the study's last arrival is refreshed at most this
