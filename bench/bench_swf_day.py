@@ -16,7 +16,10 @@ descendant, sampled from /proc every 0.25 s (peak reported). Compared against th
 targets (ratio ours/target; < 1 is better). On PostgreSQL + RabbitMQ when both answer on
 127.0.0.1, else (and also in full mode) on SQLite + the embedded broker.
 
-Run alone: `.venv/bin/python bench/bench_swf_day.py [--quick]`.
+Run alone: `.venv/bin/python bench/bench_swf_day.py [--quick]`. To measure one stack at a chosen
+size without touching the committed plot: `--stack pg|sqlite --orders N --modalities K --images M
+--no-plot` (e.g. the full day on PostgreSQL + RabbitMQ: `--stack pg --orders 200 --modalities 4
+--images 5 --no-plot`).
 """
 
 from __future__ import annotations
@@ -357,11 +360,16 @@ def day(work: Path, database_url: str, broker_url: str, orders: int, modalities:
         "RIS_REPORT_OUTPUT": "oru",
         "RIS_STORAGE_DIR": str(work / "dicom"),
         "RIS_ARRIVAL_QUIET_SECONDS": str(QUIET_SECONDS),
-        "RIS_LOG_LEVEL": "WARNING",
+        # BENCH_RIS_LOG_LEVEL=INFO logs every task's receipt and run time (diagnosis; costs a little).
+        "RIS_LOG_LEVEL": os.environ.get("BENCH_RIS_LOG_LEVEL", "WARNING"),
         "DJANGO_SETTINGS_MODULE": "ris.settings",
         "TCP_NODELAY": "1",
         "PYTHONUNBUFFERED": "1",
     }
+    # BENCH_WORKER_POOL / BENCH_WORKER_CONCURRENCY size the stack's Celery worker (RIS_WORKER_*).
+    for knob in ("POOL", "CONCURRENCY"):
+        if os.environ.get(f"BENCH_WORKER_{knob}"):
+            env[f"RIS_WORKER_{knob}"] = os.environ[f"BENCH_WORKER_{knob}"]
     manage(env, "migrate", "--noinput", "-v0")
     stations = [f"DAYCT{m}" for m in range(modalities)]
     for station in stations:
@@ -389,6 +397,8 @@ def day(work: Path, database_url: str, broker_url: str, orders: int, modalities:
         sampler.done.set()
         stop(stack)
         his.close()
+        if os.environ.get("BENCH_KEEP_LOG"):  # a file name: the stack's output is copied there
+            Path(os.environ["BENCH_KEEP_LOG"]).write_bytes((work / "runris.log").read_bytes())
 
 
 def drive(work, env, ports, token, his, run, stations, orders, images) -> dict:
@@ -492,6 +502,13 @@ def ratio(value: float, target: float) -> str:
     return f"{value / target:.2f}"
 
 
+def worker_sizing() -> str:
+    pool, concurrency = os.environ.get("BENCH_WORKER_POOL"), os.environ.get("BENCH_WORKER_CONCURRENCY")
+    if not (pool or concurrency):
+        return "process counts and worker pool at their defaults"
+    return f"worker pool {pool or 'default'}, concurrency {concurrency or 'default'}"
+
+
 def section(results: list[tuple[str, dict]], plotted: bool, quick: bool) -> str:
     first = results[0][1]
     lines = [
@@ -500,8 +517,8 @@ def section(results: list[tuple[str, dict]], plotted: bool, quick: bool) -> str:
         f"{first['orders']} orders over MLLP → worklist queries by {first['modalities']} modalities (DCMTK findscu, "
         f"all at once) → per exam MPPS N-CREATE, {first['images']} images by DCMTK storescu, MPPS N-SET "
         "COMPLETED (modalities in parallel) → reports signed final through the JSON API → ORU^R01 at a "
-        "plain-socket HIS peer. The stack is `manage.py runris` (gunicorn 2 workers x 4 threads, MLLP, DICOM SCP, "
-        f"worker concurrency 2, beat); quiet period {QUIET_SECONDS} s. Memory: summed VmRSS of runris and all its "
+        "plain-socket HIS peer. The stack is `manage.py runris` (web, MLLP, DICOM SCP, Celery worker, beat; "
+        f"{worker_sizing()}); quiet period {QUIET_SECONDS} s. Memory: summed VmRSS of runris and all its "
         "descendants from /proc, sampled every 0.25 s." + (" Quick mode." if quick else ""),
         "",
     ]
@@ -552,16 +569,24 @@ def postgres_database() -> str | None:
     return create_postgres("bench_day") if postgres_and_rabbitmq() else None
 
 
-def run(quick: bool) -> str:
+def run(
+    quick: bool,
+    size: tuple[int, int, int] | None = None,
+    stack: str = "",
+    plotting: bool = True,
+) -> str:
+    """The day on PostgreSQL + RabbitMQ (when they answer) and/or SQLite + the embedded broker.
+    `size` = (orders, modalities, images per exam) overrides the mode's; `stack` "pg" or
+    "sqlite" runs that one only."""
     import shutil
 
     if not all(shutil.which(tool) for tool in ("findscu", "storescu")):
         return "## End-to-end Scheduled Workflow day\n\nSkipped: DCMTK (findscu, storescu) is not installed.\n"
-    orders, modalities, images = (24, 3, 3) if quick else (200, 4, 5)
+    orders, modalities, images = size or ((24, 3, 3) if quick else (200, 4, 5))
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-day-") as tmp:
         work = Path(tmp)
-        name = postgres_database()
+        name = postgres_database() if stack in ("", "pg") else None
         if name:
             (work / "pg").mkdir()
             url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
@@ -572,14 +597,32 @@ def run(quick: bool) -> str:
             finally:
                 drop_postgres(name)
             print(f"   PostgreSQL + RabbitMQ done: {results[-1][1]['ready']} ready", flush=True)
-        if not name or not quick:
+        if stack == "sqlite" or (stack == "" and (not name or not quick)):
             (work / "sqlite").mkdir()
             database = f"sqlite:///{work / 'sqlite' / 'db.sqlite3'}"
             broker = f"sqla+sqlite:///{work / 'sqlite' / 'broker.sqlite3'}"
             results.append(
                 ("SQLite + embedded broker", day(work / "sqlite", database, broker, orders, modalities, images))
             )
-    return section(results, plot(results), quick)
+    if not results:
+        return "## End-to-end Scheduled Workflow day\n\nSkipped: PostgreSQL or RabbitMQ not reachable.\n"
+    return section(results, plotting and plot(results), quick)
+
+
+def main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="End-to-end Scheduled Workflow day against manage.py runris.")
+    parser.add_argument("--quick", action="store_true", help="24 orders, 3 modalities, 3 images each")
+    parser.add_argument("--stack", choices=("pg", "sqlite"), default="", help="run on this stack only")
+    parser.add_argument("--orders", type=int)
+    parser.add_argument("--modalities", type=int)
+    parser.add_argument("--images", type=int)
+    parser.add_argument("--no-plot", action="store_true", help=f"do not rewrite {PLOT.relative_to(ROOT)}")
+    args = parser.parse_args(argv)
+    default = (24, 3, 3) if args.quick else (200, 4, 5)
+    size = (args.orders or default[0], args.modalities or default[1], args.images or default[2])
+    print(run(args.quick, size, args.stack, not args.no_plot))
 
 
 if __name__ == "__main__":
@@ -588,4 +631,4 @@ if __name__ == "__main__":
     elif len(sys.argv) >= 2 and sys.argv[1] == "--ready":
         child_ready(sys.argv[3:], float(sys.argv[2]))
     else:
-        print(run(quick="--quick" in sys.argv))
+        main(sys.argv[1:])
