@@ -360,6 +360,7 @@ def register_patient(actor: Actor, patient_id: str, issuer: str, demographics: D
 def merge_patients(actor: Actor, survivor: Patient, merged: Patient) -> Patient:
     """ADT^A40: the merged record's orders and exams move to the survivor; its id is kept as an
     extra identifier of the survivor, and the merged record points at the survivor."""
+    _require_permission(actor, "ris.reconcile_exam", "merge patients")
     if survivor.pk == merged.pk:
         raise WorkflowError("invalid", "a patient cannot be merged into itself")
     survivor = Patient.objects.select_for_update().get(pk=survivor.pk)
@@ -630,6 +631,7 @@ def start_performed_step(
 ) -> PerformedStep:
     """MPPS N-CREATE (IN PROGRESS): the steps it names are STARTED and leave the worklist; their
     exams are IN_PROGRESS. Several steps = the group case."""
+    _require_permission(actor, "ris.perform_exam", "perform exams")
     if PerformedStep.objects.filter(sop_instance_uid=sop_instance_uid).exists():
         raise WorkflowError("duplicate", f"MPPS {sop_instance_uid} already exists")
     if not steps:
@@ -691,6 +693,7 @@ def discontinue_performed_step(
 
 
 def _finish_performed_step(actor, performed, new_status, expected, attributes, ended_at, reason) -> PerformedStep:
+    _require_permission(actor, "ris.perform_exam", "perform exams")
     performed = _lock_performed(performed)
     check_performed_transition(performed.status, new_status)
     steps = list(performed.scheduled_steps.all())
@@ -736,9 +739,8 @@ def _finish_performed_step(actor, performed, new_status, expected, attributes, e
 @transaction.atomic
 def mark_ready_for_reading(actor: Actor, exam: RequestedProcedure, *, override_reason: str = "") -> RequestedProcedure:
     """All listed images arrived (arrival tracking), or a person accepts the exam as it is
-    (override_reason says why; the QA problem is cleared)."""
-    if override_reason:
-        _require_permission(actor, "ris.reconcile_exam", "accept incomplete exams")
+    (override_reason says why; the QA problem is cleared). A person needs the reconcile permission."""
+    _require_permission(actor, "ris.reconcile_exam", "accept exams for reading")
     exam = _lock_exam(exam)
     _set_exam_status(exam, E.READY_FOR_READING, actor, "exam.ready_for_reading", override_reason=override_reason)
     if exam.qa_problem and override_reason:
