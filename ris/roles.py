@@ -7,6 +7,7 @@ to a person directly or define further groups in the admin.
 from django.apps import apps
 from django.contrib.auth.management import create_permissions
 from django.contrib.auth.models import Group, Permission
+from rest_framework.permissions import BasePermission
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     "scheduler": ["ris.schedule_exam", "ris.reconcile_exam", "ris.view_requestedprocedure", "ris.view_patient"],
@@ -32,6 +33,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
     ],
 }
 ROLES = tuple(ROLE_PERMISSIONS)
+PATIENT_DATA = ("ris.view_requestedprocedure", "ris.view_patient")
 
 
 def ensure_roles(**_kwargs) -> None:
@@ -46,3 +48,13 @@ def ensure_roles(**_kwargs) -> None:
             app_label, codename = dotted.split(".")
             wanted.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
         group.permissions.set(wanted)
+
+
+class ReadsPatientData(BasePermission):
+    """Default permission of the JSON and FHIR APIs: every call reads exams and patients, so the
+    token's person needs both view permissions (every role has them; a person without a role or
+    deactivated does not). Signing checks its own permission in the workflow core (issue 9)."""
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and user.has_perms(PATIENT_DATA))

@@ -203,6 +203,15 @@ def test_an_api_token_signs_only_for_a_radiologist(role, expected):
     assert Report.objects.filter(requested_procedure=exam).exists() is (expected == 201)
 
 
+@pytest.mark.parametrize("path", ["/api/exams", "/fhir/ImagingStudy", "/fhir/Patient", "/fhir/metadata"])
+def test_an_api_token_reads_patient_data_only_for_a_person_with_a_role(path):
+    ready_exam()
+    nobody = Token.objects.create(user=User.objects.create_user("integration")).key
+    clerk = Token.objects.create(user=person("scheduler")).key
+    assert Client().get(path, HTTP_AUTHORIZATION=f"Token {nobody}").status_code == 403
+    assert Client().get(path, HTTP_AUTHORIZATION=f"Token {clerk}").status_code == 200
+
+
 def test_deactivating_a_person_stops_their_api_token_and_open_session():
     rad = person("radiologist")
     token = Token.objects.create(user=rad).key
