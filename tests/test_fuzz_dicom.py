@@ -398,6 +398,22 @@ def test_request_on_the_wrong_context_is_refused_with_the_standard_status(scp, c
             assoc.release()
 
 
+@pytest.mark.parametrize(
+    ("kind", "sop_class", "missing"),
+    [
+        ("N-SET", ModalityPerformedProcedureStep, "RequestedSOPInstanceUID"),
+        ("N-CREATE", ModalityPerformedProcedureStep, "AffectedSOPClassUID"),
+        ("C-STORE", CTImageStorage, "AffectedSOPInstanceUID"),
+    ],
+)
+def test_request_without_a_mandatory_command_element_is_aborted_not_left_waiting(scp, kind, sop_class, missing):
+    assoc = _associate(scp)
+    request = _request(kind, sop_class)
+    setattr(request, missing, None)
+    assert send_raw(assoc, request, _context_id(assoc, sop_class)) == "aborted"
+    assert scp_is_healthy(scp, within=5)
+
+
 def test_request_on_a_context_never_accepted_is_aborted(scp):
     assoc = _associate(scp)
     assert send_raw(assoc, _request("C-ECHO", Verification), 99) == "aborted"
@@ -413,12 +429,16 @@ def test_wrong_sop_classes_fuzzed_are_refused_or_aborted_and_the_scp_keeps_servi
         context, kind, sop_class = rng.choice(CONTEXTS), rng.choice(list(_PRIMITIVES)), rng.choice(classes)
         if _serves(context, kind, sop_class):
             continue  # a legitimate request: covered by the service tests
+        request, broken = _request(kind, sop_class), rng.random() < 0.1
+        if broken:  # a mandatory UID left out
+            setattr(request, rng.choice([k for k in request.REQUEST_KEYWORDS if "UID" in k]), None)
         context_id = _context_id(assoc, context) if rng.random() > 0.05 else rng.choice([0, 2, 255])
-        response = send_raw(assoc, _request(kind, sop_class), context_id)
+        response = send_raw(assoc, request, context_id)
         if response == "aborted":
             outcomes["aborted"] += 1
             assoc = _associate(scp)
             continue
+        assert not broken, (kind, request.REQUEST_KEYWORDS)
         failures = N_FAILURES if kind.startswith("N-") else (0x0122,)
         assert (response.Status in failures, bool(response.ErrorComment)) == (True, True), (kind, sop_class, context)
         outcomes["refused"] += 1

@@ -117,6 +117,12 @@ _serve_request = Association._serve_request
 
 def _serve_request_on_its_context(self: Association, msg, context_id: int) -> None:
     context = self._accepted_cx.get(context_id)
+    if self.is_acceptor and msg.MessageIDBeingRespondedTo is None and not msg.is_valid_request:
+        # A request without a mandatory command element (an N-SET with no Requested SOP Instance
+        # UID): pynetdicom dropped it and the modality waited for an answer that never came.
+        log.warning("%s without a mandatory command element: association aborted", msg.msg_type)
+        self.abort()
+        return None
     refusal = None
     if self.is_acceptor and context is not None and msg.is_valid_request and not self._sent_release:
         refusal = misdirected(self, msg, context)
