@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from rest_framework.authtoken.models import Token
 
 from bench.common import descendants
@@ -70,6 +70,7 @@ def test_queued_task_survives_until_a_worker_starts(ris_env, tmp_path):
 def test_runris_serves_every_component_and_stops_on_ctrl_c(ris_env, tmp_path):
     Modality.objects.create(ae_title="CT1", modality="CT")
     user = User.objects.create_user("api", password="x-Long-pass-1")
+    user.groups.add(Group.objects.get(name="scheduler"))  # the API reads patient data: a role is needed
     token = Token.objects.create(user=user).key
     base = f"http://127.0.0.1:{ris_env['RIS_HTTP_PORT']}"
     log = tmp_path / "runris.log"
