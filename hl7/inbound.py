@@ -168,7 +168,7 @@ def _process(entry: InboundMessage, raw: bytes, peer: str) -> bytes:
     except Exception as exc:
         log.exception("HL7 message from %s failed", peer)
         code, error = "AE", HL7Error(ERR_INTERNAL, f"internal error: {exc.__class__.__name__}")
-    twin = _previous_answer(entry)
+    twin = _previous_answer(entry) if code == "AE" else None
     if twin is not None:
         # The same MSH-10 came on another connection at the same moment and was answered first:
         # this copy gets that answer, as a resend would (the refusal was only the race).
@@ -306,7 +306,8 @@ _OTHER_ANSWERS = CompiledQuery(
 
 
 def _previous_answer(entry: InboundMessage) -> InboundMessage | None:
-    """An earlier AA/AE answer to the same MSH-10 from the same sender (AR may be resent unchanged)."""
+    """Another entry's AA/AE answer to the same MSH-10 from the same sender (an AR is not
+    remembered: the sender may resend that message unchanged)."""
     if not entry.control_id:
         return None
     return _OTHER_ANSWERS.first(
