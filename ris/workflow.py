@@ -191,12 +191,13 @@ def unit_of_work() -> Iterator[None]:
     of one HL7 message): the calls take no savepoints of their own (each costs a database round
     trip) and their audit events are one INSERT. Only for callers that never catch a workflow
     error inside the block and carry on: an error leaves the transaction to be rolled back."""
+    outer = getattr(_unit, "active", False)
     with transaction.atomic(), deferred_audit():
         _unit.active = True
         try:
             yield
         finally:
-            _unit.active = False
+            _unit.active = outer
 
 
 def _atomic(function: Callable[P_, R_]) -> Callable[P_, R_]:
