@@ -411,13 +411,13 @@ def test_request_without_a_mandatory_command_element_is_aborted_not_left_waiting
     request = _request(kind, sop_class)
     setattr(request, missing, None)
     assert send_raw(assoc, request, _context_id(assoc, sop_class)) == "aborted"
-    assert scp_is_healthy(scp, within=5)
+    assert scp_is_healthy(scp, within=15)
 
 
 def test_request_on_a_context_never_accepted_is_aborted(scp):
     assoc = _associate(scp)
     assert send_raw(assoc, _request("C-ECHO", Verification), 99) == "aborted"
-    assert scp_is_healthy(scp, within=5)
+    assert scp_is_healthy(scp, within=15)
 
 
 def test_wrong_sop_classes_fuzzed_are_refused_or_aborted_and_the_scp_keeps_serving(scp):
@@ -447,7 +447,7 @@ def test_wrong_sop_classes_fuzzed_are_refused_or_aborted_and_the_scp_keeps_servi
     finally:
         assoc.release()
     assert outcomes["refused"] > outcomes["aborted"], outcomes
-    assert scp_is_healthy(scp, within=5)
+    assert scp_is_healthy(scp, within=15)
 
 
 def _serves(context: str, kind: str, sop_class: str) -> bool:

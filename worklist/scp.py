@@ -154,31 +154,57 @@ Association._serve_request = _serve_request_on_its_context
 # filled the slots and valid associations got A-ASSOCIATE-RJ "local limit exceeded" (found by
 # tests/test_fuzz_dicom.py). Such a request is now aborted (A-ABORT, service-provider, invalid
 # PDU parameter value), and whenever the DUL leaves Sta2 other than with an RQ the acceptor thread
-# is woken to close the connection and free its slot.
-def handle_fsm_transition(event: evt.Event) -> None:
-    if event.current_state != "Sta2" or not event.assoc.is_acceptor:
-        return
-    if event.next_state != "Sta3":
-        event.assoc.dul.to_user_queue.put(None)  # read by the acceptor as "no A-ASSOCIATE-RQ"
-    elif event.assoc.dul.socket and event.assoc.dul.socket.socket:
-        event.assoc.dul.socket.socket.settimeout(event.assoc.network_timeout)  # see handle_open
+# is woken to close the connection and free its slot. (FSM actions are wrapped, as worklist/mwl.py
+# does for AA-5, rather than an EVT_FSM_TRANSITION handler that would run on every PDU.)
+def _leaving_sta2(dul) -> bool:
+    return dul.assoc.is_acceptor and dul.state_machine.current_state == "Sta2"
+
+
+def _wake_acceptor(dul) -> None:
+    dul.to_user_queue.put(None)  # read by the acceptor as "no A-ASSOCIATE-RQ": it ends
 
 
 def _read_associate_rq_or_abort(dul) -> str:
-    """AE-6 (Sta2 + Evt6), with an A-ASSOCIATE-RQ pynetdicom cannot turn into a primitive aborted."""
+    """AE-6 (Sta2 + Evt6): an A-ASSOCIATE-RQ pynetdicom cannot turn into a primitive is aborted;
+    once a request is in, the socket takes the network timeout (see handle_open)."""
     try:
-        return PYNETDICOM_AE_6(dul)
+        next_state = PYNETDICOM_ACTIONS["AE-6"](dul)
     except Exception as exc:
         log.warning("unreadable A-ASSOCIATE-RQ from %s: %s; aborted", dul.assoc.requestor.address, exc)
         pdu = A_ABORT_RQ()
         pdu.source, pdu.reason_diagnostic = 0x02, 0x06  # service-provider, invalid-PDU-parameter value
         dul._send(pdu)
         dul.artim_timer.start()
-        return "Sta13"
+        next_state = "Sta13"
+    if next_state != "Sta3":
+        _wake_acceptor(dul)
+    elif dul.socket and dul.socket.socket:
+        dul.socket.socket.settimeout(dul.assoc.network_timeout)
+    return next_state
 
 
-PYNETDICOM_AE_6 = fsm.ACTIONS["AE-6"][1]
+def _ending_without_request(name: str):
+    """AA-1 (invalid PDU), AA-2 (A-ABORT, ARTIM expired), AA-5 (closed): wake a waiting acceptor."""
+
+    def run(dul) -> str:
+        waiting = _leaving_sta2(dul)
+        next_state = PYNETDICOM_ACTIONS[name](dul)
+        if waiting:
+            _wake_acceptor(dul)
+        return next_state
+
+    run.pynetdicom_action = PYNETDICOM_ACTIONS[name]
+    return run
+
+
+PYNETDICOM_ACTIONS = {
+    name: getattr(fsm.ACTIONS[name][1], "pynetdicom_action", fsm.ACTIONS[name][1])
+    for name in ("AE-6", "AA-1", "AA-2", "AA-5")
+}
+_read_associate_rq_or_abort.pynetdicom_action = PYNETDICOM_ACTIONS["AE-6"]
 fsm.ACTIONS["AE-6"] = (fsm.ACTIONS["AE-6"][0], _read_associate_rq_or_abort, fsm.ACTIONS["AE-6"][2])
+for _name in ("AA-1", "AA-2", "AA-5"):
+    fsm.ACTIONS[_name] = (fsm.ACTIONS[_name][0], _ending_without_request(_name), fsm.ACTIONS[_name][2])
 
 
 def calling_ae_allowed(ae_title: str, address: str = "") -> bool:
@@ -228,7 +254,7 @@ def handle_open(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # An accepted socket blocks without limit: a peer that sent part of a PDU and then nothing
         # held its DUL thread, connection and association slot for good (issue 9). The ARTIM
-        # timeout until the A-ASSOCIATE-RQ is in, the network timeout after (handle_fsm_transition).
+        # timeout until the A-ASSOCIATE-RQ is in, the network timeout after (_read_associate_rq_or_abort).
         sock.settimeout(event.assoc.acse_timeout)
     if isinstance(sock, ssl.SSLSocket):
         try:
@@ -256,7 +282,6 @@ def register(ae: AE) -> list[tuple]:
     ae.add_supported_context(Verification)
     return [
         (evt.EVT_CONN_OPEN, handle_open),
-        (evt.EVT_FSM_TRANSITION, handle_fsm_transition),
         (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
     ]
