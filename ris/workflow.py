@@ -334,6 +334,7 @@ _EXAM_BY_ACCESSION = CompiledQuery(
 @_atomic
 def register_patient(actor: Actor, patient_id: str, issuer: str, demographics: Demographics) -> Patient:
     """Create the patient, or update the demographics of the one with this id and issuer."""
+    _require_permission(actor, "ris.schedule_exam", "register patients")
     if not patient_id:
         raise WorkflowError("invalid", "patient identifier is missing", field="patient_id")
     given = vars(demographics)

@@ -102,12 +102,15 @@ def order_request() -> workflow.OrderRequest:
 @pytest.mark.parametrize(
     ("role", "allowed"), [("scheduler", True), ("admin", True), ("technologist", False), ("radiologist", False)]
 )
-def test_only_schedulers_and_admins_place_schedule_and_cancel_orders(role, allowed):
+def test_only_schedulers_and_admins_register_patients_and_place_schedule_and_cancel_orders(role, allowed):
     patient = scheduled_exam().order.patient
     who = actor(role)
     orders_before = patient.orders.count()
     assert denied(lambda: workflow.place_order(who, patient, order_request())) is not allowed
     assert patient.orders.count() == orders_before + allowed
+    walk_in = workflow.Demographics(family_name="Lê", given_name="Thị Hoa")
+    assert denied(lambda: workflow.register_patient(who, f"WALKIN-{role}", "HOSP", walk_in)) is not allowed
+    assert Patient.objects.filter(patient_id=f"WALKIN-{role}").exists() is allowed
     exam = scheduled_exam()
     later = timezone.now() + dt.timedelta(days=1)
     assert denied(lambda: workflow.schedule_exam(who, exam, start=later)) is not allowed
