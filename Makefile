@@ -39,6 +39,6 @@ FAULTS_ENV ?= DATABASE_URL=postgres://postgres@127.0.0.1:5432/ris CELERY_BROKER_
 faults: install
 	$(FAULTS_ENV) FAULTS_FULL=1 $(PY) -m pytest tests/test_faults.py -s -p no:warnings $(PYTEST_ARGS)
 
-# Issue 9: the fuzzers at full count (10 000 HL7 frames on the live MLLP listener, 1 200 malformed DICOM requests).
+# Issue 9: the fuzzers at full count (10 000 HL7 frames on the live MLLP listener, ≈ 1 500 malformed DICOM requests).
 fuzz: install
 	FUZZ_FULL=1 $(PY) -m pytest tests/test_fuzz_hl7.py tests/test_fuzz_dicom.py -p no:warnings $(PYTEST_ARGS)
