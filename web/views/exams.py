@@ -28,7 +28,7 @@ from ris.models import (
 )
 from ris.timeutil import local_day_bounds
 from web.access import PERFORM, RECONCILE, SCHEDULE, SIGN, VIEW_EXAMS, VIEW_PATIENTS, requires
-from web.labels import STATUS_LABELS, action_label, detail_label, status_label
+from web.labels import DETAIL_LABELS, STATUS_LABELS, action_label, detail_label, status_label
 from web.views.common import actor_of, get_exam
 
 PAGE_SIZE = 25
@@ -108,9 +108,10 @@ def _inbound_hl7(exam: RequestedProcedure) -> list[InboundMessage]:
 
 
 def _detail_text(detail: dict) -> str:
-    """An audit event's details as "key: value" pairs, statuses in words."""
+    """An audit event's details as "key: value" pairs, statuses in words, keys in the order of
+    DETAIL_LABELS (PostgreSQL's jsonb does not keep the order they were written in)."""
     parts = []
-    for key, value in (detail or {}).items():
+    for key, value in sorted((detail or {}).items(), key=_detail_order):
         if value in ("", None, [], {}):
             continue
         if key in ("old_status", "new_status"):
@@ -123,6 +124,13 @@ def _detail_text(detail: dict) -> str:
             value = ", ".join(str(v) for v in value)
         parts.append(f"{detail_label(key)}: {value}")
     return " · ".join(parts)
+
+
+_DETAIL_RANK = {key: rank for rank, key in enumerate(DETAIL_LABELS)}
+
+
+def _detail_order(item: tuple[str, object]) -> tuple[int, str]:
+    return _DETAIL_RANK.get(item[0], len(_DETAIL_RANK)), item[0]
 
 
 def timeline(exam: RequestedProcedure) -> list[TimelineEntry]:
