@@ -1237,13 +1237,37 @@ def record_instances_arrived(
     return study
 
 
+def _studies_claimed_by(study_uid: str, accession: str):
+    """Studies without an exam that an exam with this Study Instance UID or accession claims."""
+    by_accession = Q(accession_number=accession) if accession else Q(pk__in=[])
+    return Study.objects.filter(Q(study_instance_uid=study_uid) | by_accession, requested_procedure__isnull=True)
+
+
+# claims_unmatched_study runs after every new order, before the HIS gets its ACK: compiled once.
+_CLAIMED_BY_UID = CompiledQuery(
+    lambda uid: _studies_claimed_by(uid, "").values_list("pk")[:1],
+    uid=str,
+)
+_CLAIMED_BY_UID_OR_ACCESSION = CompiledQuery(
+    lambda uid, accession: _studies_claimed_by(uid, accession).values_list("pk")[:1],
+    uid=str,
+    accession=str,
+)
+
+
+def claims_unmatched_study(exam: RequestedProcedure) -> bool:
+    """Whether unmatched_studies(exam) finds anything."""
+    if exam.accession_number:
+        return bool(_CLAIMED_BY_UID_OR_ACCESSION.rows(uid=exam.study_instance_uid, accession=exam.accession_number))
+    return bool(_CLAIMED_BY_UID.rows(uid=exam.study_instance_uid))
+
+
 def unmatched_studies(exam: RequestedProcedure | None = None):
     """Studies recorded without an exam (images or an IAN came before the order) that an exam now
     claims by Study Instance UID or accession number; those `exam` claims when given."""
-    studies = Study.objects.filter(requested_procedure__isnull=True)
     if exam is not None:
-        by_accession = Q(accession_number=exam.accession_number) if exam.accession_number else Q(pk__in=[])
-        return studies.filter(Q(study_instance_uid=exam.study_instance_uid) | by_accession)
+        return _studies_claimed_by(exam.study_instance_uid, exam.accession_number)
+    studies = Study.objects.filter(requested_procedure__isnull=True)
     by_uid = RequestedProcedure.objects.filter(study_instance_uid=OuterRef("study_instance_uid"))
     by_accession = RequestedProcedure.objects.filter(accession_number=OuterRef("accession_number"))
     return studies.filter(Exists(by_uid) | (~Q(accession_number="") & Exists(by_accession)))

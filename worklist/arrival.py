@@ -16,11 +16,9 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from pydicom.dataset import Dataset
 
 from ris import workflow
-from ris.compiled import CompiledQuery
 from ris.models import RequestedProcedure, Study
 
 log = logging.getLogger(__name__)
@@ -125,29 +123,8 @@ def on_exam_created(sender, instance: RequestedProcedure, created: bool, raw: bo
         transaction.on_commit(lambda: _queue_match_if_claimed(instance), robust=True)
 
 
-# A study recorded without an exam that this exam claims (workflow.unmatched_studies for one
-# exam), compiled once: it runs after every new order, before the HIS gets its ACK.
-_CLAIMED_BY_UID = CompiledQuery(
-    lambda uid: Study.objects.filter(requested_procedure__isnull=True, study_instance_uid=uid).values_list("pk")[:1],
-    uid=str,
-)
-_CLAIMED_BY_UID_OR_ACCESSION = CompiledQuery(
-    lambda uid, accession: Study.objects.filter(
-        Q(study_instance_uid=uid) | Q(accession_number=accession), requested_procedure__isnull=True
-    ).values_list("pk")[:1],
-    uid=str,
-    accession=str,
-)
-
-
-def _claims_a_study(exam: RequestedProcedure) -> bool:
-    if exam.accession_number:
-        return bool(_CLAIMED_BY_UID_OR_ACCESSION.rows(uid=exam.study_instance_uid, accession=exam.accession_number))
-    return bool(_CLAIMED_BY_UID.rows(uid=exam.study_instance_uid))
-
-
 def _queue_match_if_claimed(exam: RequestedProcedure) -> None:
-    if not _claims_a_study(exam):
+    if not workflow.claims_unmatched_study(exam):
         return
     from ris.celery import app
 
