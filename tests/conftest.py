@@ -19,9 +19,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from django.db import connection
+
+if TYPE_CHECKING:
+    from tests.test_reports_helpers import HISPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -125,6 +129,17 @@ def running(
 
 def manage(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "manage.py"), *args]
+
+
+@pytest.fixture(scope="module")
+def his_peer() -> Iterator[HISPeer]:
+    """A plain-socket HIS on MLLP answering AA (tests.test_reports_helpers.HISPeer), one per module;
+    a module's own `his` fixture resets what it answers and what it got."""
+    from tests.test_reports_helpers import HISPeer  # imports Django models: after settings
+
+    peer = HISPeer("AA").up()
+    yield peer
+    peer.down()
 
 
 @pytest.fixture

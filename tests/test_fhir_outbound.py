@@ -18,7 +18,6 @@ from ris.models import OutboundMessage, OutboxStatus
 from tests.conftest import database_url_of_test_db, publishing_to, running
 from tests.test_reports_helpers import (
     FHIRPeer,
-    HISPeer,
     module_env,
     radiologist,
     ready_exam,
@@ -36,13 +35,6 @@ def fhir_peer() -> Iterator[FHIRPeer]:
     peer = FHIRPeer(200)
     yield peer
     peer.stop()
-
-
-@pytest.fixture(scope="module")
-def his_peer() -> Iterator[HISPeer]:
-    peer = HISPeer("AA").up()
-    yield peer
-    peer.down()
 
 
 @pytest.fixture(scope="module")

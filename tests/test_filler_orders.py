@@ -21,13 +21,6 @@ FAST_RETRY = {"RIS_OUTBOX_RETRY_BASE_SECONDS": "0.2", "RIS_OUTBOX_MAX_ATTEMPTS":
 
 
 @pytest.fixture(scope="module")
-def his_peer() -> Iterator[HISPeer]:
-    peer = HISPeer("AA").up()
-    yield peer
-    peer.down()
-
-
-@pytest.fixture(scope="module")
 def filler_env(his_peer, django_db_setup, django_db_blocker, tmp_path_factory) -> dict[str, str]:
     with django_db_blocker.unblock():
         url = database_url_of_test_db()

@@ -32,13 +32,6 @@ FAST_RETRY = {
 
 
 @pytest.fixture(scope="module")
-def his_peer() -> Iterator[HISPeer]:
-    peer = HISPeer("AA").up()
-    yield peer
-    peer.down()
-
-
-@pytest.fixture(scope="module")
 def outbox_env(his_peer, django_db_setup, django_db_blocker, tmp_path_factory) -> dict[str, str]:
     """Environment of this module's worker: the test database, a private queue, the HIS peer."""
     with django_db_blocker.unblock():
