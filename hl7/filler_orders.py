@@ -14,6 +14,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from hl7.ack import escape
+from hl7.status_messages import entity_identifier, pid_segment, universal_service
 from ris.models import ImagingOrder, Priority, RequestedProcedure
 from ris.timeutil import to_local
 
@@ -29,9 +30,7 @@ def _ts(moment) -> str:
 
 
 def _entity(number: str, issuer: str) -> str:
-    if not number:
-        return ""
-    return f"{escape(number)}^{escape(issuer)}" if issuer else escape(number)
+    return entity_identifier(number, issuer) if number else ""
 
 
 def _person(name: str) -> str:
@@ -64,15 +63,6 @@ def _msh(order: ImagingOrder, control_id: str, now) -> str:
     )
 
 
-def _pid(order: ImagingOrder) -> str:
-    patient = order.patient
-    parts = (patient.family_name, patient.given_name, patient.middle_name, patient.name_suffix, patient.name_prefix)
-    name = "^".join(escape(p) for p in parts).rstrip("^")
-    identifier = f"{escape(patient.patient_id)}^^^{escape(patient.issuer)}" if patient.issuer else patient.patient_id
-    birth = patient.birth_date.strftime("%Y%m%d") if patient.birth_date else ""
-    return "|".join(["PID", "1", "", identifier, "", name, "", birth, patient.sex])
-
-
 def _pv1(order: ImagingOrder) -> str:
     # PV1-2 U: patient class unknown to the RIS (table 0004); PV1-3 location, PV1-8 referring
     # doctor, PV1-19 visit number.
@@ -88,12 +78,8 @@ def _order_group(exam: RequestedProcedure, set_id: int, now) -> list[str]:
     timing = "^^^^^" + TQ_PRIORITIES.get(order.priority, "R")
     orc = ["ORC", ORDER_CONTROL_SEND_NUMBER, placer, filler, "", ORDER_STATUS_SCHEDULED, "", timing, "", _ts(now)]
     orc += ["", "", _person(order.ordering_physician)]
-    procedure = (
-        f"{escape(exam.procedure_code)}^{escape(exam.procedure_description)}^{escape(exam.procedure_code_scheme)}"
-        if exam.procedure_code
-        else f"^{escape(exam.procedure_description)}"
-    )
-    obr = ["OBR", str(set_id), placer, filler, procedure] + [""] * 11 + [_person(order.ordering_physician)]
+    obr = ["OBR", str(set_id), placer, filler, universal_service(exam)]
+    obr += [""] * 11 + [_person(order.ordering_physician)]
     obr += ["", escape(exam.accession_number), escape(exam.requested_procedure_id), "", "", "", "", exam.modality]
     obr += [""] * 6 + [escape(order.reason)]  # OBR-31 reason for study
     zds = f"ZDS|{exam.study_instance_uid}^^Application^DICOM"
@@ -102,7 +88,7 @@ def _order_group(exam: RequestedProcedure, set_id: int, now) -> list[str]:
 
 def build_filler_order_message(order: ImagingOrder, control_id: str, now) -> str:
     """The ORM^O01 SN announcing `order` (all its requested procedures) to the HIS."""
-    segments = [_msh(order, control_id, now), _pid(order), _pv1(order)]
+    segments = [_msh(order, control_id, now), pid_segment(order.patient), _pv1(order)]
     for set_id, exam in enumerate(order.requested_procedures.order_by("id"), start=1):
         segments += _order_group(exam, set_id, now)
     return "\r".join(segments) + "\r"

@@ -13,7 +13,7 @@ import datetime as dt
 from django.conf import settings
 
 from hl7.ack import escape
-from ris.models import RequestedProcedure
+from ris.models import Patient, RequestedProcedure
 
 # HL7 table 0038 order status values used for the exam life cycle.
 ORDER_STATUS_IN_PROCESS = "IP"
@@ -26,8 +26,9 @@ def _ts(moment: dt.datetime | None) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y%m%d%H%M%S") if moment else ""
 
 
-def _pid(exam: RequestedProcedure) -> str:
-    patient = exam.order.patient
+def pid_segment(patient: Patient) -> str:
+    """PID-1 set id, PID-3 id^^^issuer, PID-5 name (XPN order: family, given, middle, suffix,
+    prefix), PID-7 birth date, PID-8 sex."""
     name = "^".join(
         escape(p)
         for p in (
@@ -43,8 +44,17 @@ def _pid(exam: RequestedProcedure) -> str:
     return "|".join(["PID", "1", "", identifier, "", name, "", birth, patient.sex])
 
 
-def _entity(number: str, issuer: str) -> str:
+def entity_identifier(number: str, issuer: str) -> str:
+    """EI: number^namespace (ORC-2/3, OBR-2/3)."""
     return f"{escape(number)}^{escape(issuer)}" if issuer else escape(number)
+
+
+def universal_service(exam: RequestedProcedure) -> str:
+    """OBR-4: code^text^coding system, or ^text when the exam has no procedure code."""
+    text = escape(exam.procedure_description)
+    if exam.procedure_code:
+        return f"{escape(exam.procedure_code)}^{text}^{escape(exam.procedure_code_scheme)}"
+    return f"^{text}"
 
 
 def build_order_status_message(exam: RequestedProcedure, order_status: str, control_id: str) -> str:
@@ -73,15 +83,10 @@ def build_order_status_message(exam: RequestedProcedure, order_status: str, cont
         "P",
         settings.RIS_HIS_STATUS_VERSION,
     ]
-    placer = _entity(order.placer_order_number, order.placer_issuer)
-    filler = _entity(order.filler_order_number, order.filler_issuer)
+    placer = entity_identifier(order.placer_order_number, order.placer_issuer)
+    filler = entity_identifier(order.filler_order_number, order.filler_issuer)
     orc = ["ORC", settings.RIS_HIS_STATUS_ORDER_CONTROL, placer, filler, "", order_status, "", "", "", now]
-    procedure = (
-        f"{escape(exam.procedure_code)}^{escape(exam.procedure_description)}^{escape(exam.procedure_code_scheme)}"
-        if exam.procedure_code
-        else f"^{escape(exam.procedure_description)}"
-    )
-    obr = ["OBR", "1", placer, filler, procedure] + [""] * 13
+    obr = ["OBR", "1", placer, filler, universal_service(exam)] + [""] * 13
     obr += [escape(exam.accession_number), escape(exam.requested_procedure_id), "", "", "", "", exam.modality]
-    segments = ["|".join(msh), _pid(exam), "|".join(orc), "|".join(obr)]
+    segments = ["|".join(msh), pid_segment(order.patient), "|".join(orc), "|".join(obr)]
     return "\r".join(segments) + "\r"
