@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationServer
 
+from worklist import reactor
 from worklist.models import Modality
 
 log = logging.getLogger(__name__)
@@ -377,6 +378,7 @@ def tls_context() -> ssl.SSLContext | None:
 
 def serve(stop: threading.Event | None = None) -> None:
     """Run the SCP until `stop` is set (or forever)."""
+    reactor.install()
     ae, handlers = build_ae()
     address = (settings.RIS_BIND, settings.RIS_DICOM_PORT)
     context = tls_context()
