@@ -96,6 +96,9 @@ SIGNED_STATUSES = frozenset({E.FINAL, E.AMENDED})
 # Sent inside the transaction whenever scheduled steps change (new, moved, status, patient
 # data), so the worklist can prepare their answers before the change commits.
 scheduled_steps_changed = Signal()  # kwargs: steps (list[ScheduledStep])
+# Sent inside the transaction when a COMPLETED exam has new images to weigh (a reconciled exam
+# took its studies over), so worklist asks for its completeness check (one pending per exam).
+completeness_check_needed = Signal()  # kwargs: exam_ids (list[int])
 # Sent on commit after a report version was signed and its outbox rows written.
 report_signed = Signal()  # kwargs: report (Report), outbound (list[OutboundMessage])
 
@@ -1516,9 +1519,7 @@ def reconcile_unscheduled_exam(
     )
     _announce(new_steps + old_steps)
     if target.status == E.COMPLETED:
-        from ris.celery import app
-
-        transaction.on_commit(lambda: app.send_task("worklist.tasks.check_completeness", args=[target.pk]))
+        completeness_check_needed.send(sender=RequestedProcedure, exam_ids=[target.pk])
     return target
 
 

@@ -36,6 +36,7 @@ def test_reconciling_moves_the_mpps_and_the_progress_to_the_ordered_exam(scu):  
     workflow.reconcile_unscheduled_exam(person("scheduler"), walk_in, ordered)
     ordered = reload(ordered)
     assert ordered.status == ExamStatus.COMPLETED
+    assert ordered.arrival_check_due_at is not None  # its completeness check is queued, the one pending
     assert ordered.scheduled_steps.get().status == StepStatus.COMPLETED
     assert PerformedStep.objects.get(scheduled_steps__requested_procedure=ordered)
     assert Study.objects.get(study_instance_uid=walk_in.study_instance_uid).requested_procedure == ordered

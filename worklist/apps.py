@@ -18,3 +18,8 @@ class WorklistConfig(AppConfig):
         from worklist.arrival import on_exam_created
 
         post_save.connect(on_exam_created, sender=RequestedProcedure, dispatch_uid="worklist.arrival_before_order")
+        # A reconciled exam's images are weighed by the same one-pending-check rule as any other.
+        from ris.workflow import completeness_check_needed
+        from worklist.tasks import on_completeness_check_needed
+
+        completeness_check_needed.connect(on_completeness_check_needed, dispatch_uid="worklist.completeness_check")

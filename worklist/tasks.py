@@ -97,6 +97,11 @@ def schedule_completeness_check(
             log.exception("could not ask for the completeness check of exam %s; the sweep will", exam_id)
 
 
+def on_completeness_check_needed(sender, exam_ids: Iterable[int], **_kwargs) -> None:
+    """ris.workflow.completeness_check_needed (worklist.apps): check now, quiet period permitting."""
+    schedule_completeness_check(exam_ids)
+
+
 def schedule_check_after_arrival(exam_ids: Iterable[int | None]) -> None:
     """Images just arrived: nothing can be decided before the quiet period is over."""
     schedule_completeness_check(exam_ids, countdown=settings.RIS_ARRIVAL_QUIET_SECONDS + RECHECK_MARGIN_SECONDS)
