@@ -345,7 +345,9 @@ def markdown(ingest: dict, latencies: list[dict], quick: bool) -> str:
         "turning each round), fresh instances each run, TCP_NODELAY=1 everywhere. The RIS "
         "(SQLite + embedded broker, a Celery worker running) writes each file atomically, records and "
         "matches it to its exam and queues the completeness check; storescp only writes files. "
-        "Orthanc (1.10 from Debian, SQLite index, a fresh instance per run) stores and indexes them."
+        "Orthanc (1.10 from Debian, SQLite index, a fresh instance per run) stores and indexes them. "
+        "Before answering, the RIS fdatasyncs each file and fsyncs its folder; Orthanc fdatasyncs each "
+        "file and its index (strace: two per instance); storescp syncs nothing."
         + (" Quick mode: small N." if quick else ""),
         "",
         "| receiver | seconds | instances/s |",
