@@ -266,7 +266,7 @@ def run_association_reactor(self: Association) -> None:
 
 def init_association(self: Association, *args, **kwargs) -> None:
     """Association.__init__, then the wake-ups: every queue a reactor reads wakes it."""
-    STOCK["association_init"](self, *args, **kwargs)
+    STOCK["Association.__init__"](self, *args, **kwargs)
     self._wakeup = threading.Event()
     dul = self.dul
     dul._wakeup = Wakeup()
@@ -279,9 +279,18 @@ def init_association(self: Association, *args, **kwargs) -> None:
 def kill_association(self: Association) -> None:
     self._kill = True
     self._wakeup.set()
-    STOCK["kill"](self)
+    STOCK["Association.kill"](self)
 
 
+# (class, attribute, replacement); STOCK keeps what each replaced, as "Class.attribute".
+_REPLACEMENTS = [
+    (Association, "__init__", init_association),
+    (Association, "_run_reactor", run_association_reactor),
+    (Association, "kill", kill_association),
+    (DULServiceProvider, "run_reactor", run_dul_reactor),
+    (DULServiceProvider, "kill_dul", kill_dul),
+    (DULServiceProvider, "stop_dul", stop_dul),
+]
 STOCK: dict[str, Callable] = {}
 _install_lock = threading.Lock()
 
@@ -298,18 +307,7 @@ def install() -> bool:
                 PYNETDICOM_VERSION,
             )
             return False
-        STOCK.update(
-            association_init=Association.__init__,
-            association_reactor=Association._run_reactor,
-            kill=Association.kill,
-            dul_reactor=DULServiceProvider.run_reactor,
-            kill_dul=DULServiceProvider.kill_dul,
-            stop_dul=DULServiceProvider.stop_dul,
-        )
-        Association.__init__ = init_association
-        Association._run_reactor = run_association_reactor
-        Association.kill = kill_association
-        DULServiceProvider.run_reactor = run_dul_reactor
-        DULServiceProvider.kill_dul = kill_dul
-        DULServiceProvider.stop_dul = stop_dul
+        for owner, name, replacement in _REPLACEMENTS:
+            STOCK[f"{owner.__name__}.{name}"] = getattr(owner, name)
+            setattr(owner, name, replacement)
         return True
