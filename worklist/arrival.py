@@ -16,7 +16,9 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import transaction
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from ris import workflow
 from ris.models import RequestedProcedure, Study
@@ -24,22 +26,34 @@ from ris.models import RequestedProcedure, Study
 log = logging.getLogger(__name__)
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return str(value).strip() if value is not None else ""
+def text_of(ds: Dataset, keyword: str) -> str:
+    """An element's value as text ('' when absent or empty; values of a multi-valued element
+    joined by backslashes, as on the wire). An ASCII value still undecoded is read as it came:
+    pydicom's conversion and validation cost ~11 µs an element, ~5 % of recording an instance.
+    Anything else goes through pydicom, which applies the Specific Character Set."""
+    element = ds.get_item(keyword)
+    if element is None:
+        return ""
+    if isinstance(element, RawDataElement) and isinstance(element.value, bytes) and element.value.isascii():
+        return element.value.decode("ascii").strip(" \0\t\r\n")
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
 
 
 def _integer(ds: Dataset, keyword: str) -> int | None:
     try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        return int(text_of(ds, keyword))
+    except ValueError:  # absent, empty, several values or not a number
         return None
 
 
 def _date(ds: Dataset, keyword: str) -> dt.date | None:
     try:
-        return dt.datetime.strptime(_text(ds, keyword)[:8], "%Y%m%d").date()
+        return dt.datetime.strptime(text_of(ds, keyword)[:8], "%Y%m%d").date()
     except ValueError:
         return None
 
@@ -47,13 +61,13 @@ def _date(ds: Dataset, keyword: str) -> dt.date | None:
 def instance_from_dataset(ds: Dataset, file_path: str = "") -> workflow.ArrivedInstance:
     """A stored composite instance (C-STORE)."""
     return workflow.ArrivedInstance(
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
-        accession_number=_text(ds, "AccessionNumber"),
-        patient_id=_text(ds, "PatientID"),
-        modality=_text(ds, "Modality"),
+        study_instance_uid=text_of(ds, "StudyInstanceUID"),
+        series_instance_uid=text_of(ds, "SeriesInstanceUID"),
+        sop_instance_uid=text_of(ds, "SOPInstanceUID"),
+        sop_class_uid=text_of(ds, "SOPClassUID"),
+        accession_number=text_of(ds, "AccessionNumber"),
+        patient_id=text_of(ds, "PatientID"),
+        modality=text_of(ds, "Modality"),
         series_number=_integer(ds, "SeriesNumber"),
         instance_number=_integer(ds, "InstanceNumber"),
         study_date=_date(ds, "StudyDate"),
@@ -64,23 +78,23 @@ def instance_from_dataset(ds: Dataset, file_path: str = "") -> workflow.ArrivedI
 def instances_from_ian(ds: Dataset) -> list[workflow.ArrivedInstance]:
     """The instances an Instance Availability Notification (PS3.3 C.4.23) announces:
     Referenced Series Sequence > Referenced SOP Sequence, each with its availability."""
-    study_uid = _text(ds, "StudyInstanceUID")
-    accession = _text(ds, "AccessionNumber")
-    patient_id = _text(ds, "PatientID")
+    study_uid = text_of(ds, "StudyInstanceUID")
+    accession = text_of(ds, "AccessionNumber")
+    patient_id = text_of(ds, "PatientID")
     found = []
     for series in ds.get("ReferencedSeriesSequence", []) or []:
-        series_uid = _text(series, "SeriesInstanceUID")
+        series_uid = text_of(series, "SeriesInstanceUID")
         for sop in series.get("ReferencedSOPSequence", []) or []:
             found.append(
                 workflow.ArrivedInstance(
                     study_instance_uid=study_uid,
                     series_instance_uid=series_uid,
-                    sop_instance_uid=_text(sop, "ReferencedSOPInstanceUID"),
-                    sop_class_uid=_text(sop, "ReferencedSOPClassUID"),
+                    sop_instance_uid=text_of(sop, "ReferencedSOPInstanceUID"),
+                    sop_class_uid=text_of(sop, "ReferencedSOPClassUID"),
                     accession_number=accession,
                     patient_id=patient_id,
-                    availability=_text(sop, "InstanceAvailability").upper() or "ONLINE",
-                    retrieve_ae_title=_text(sop, "RetrieveAETitle").split("\\")[0],
+                    availability=text_of(sop, "InstanceAvailability").upper() or "ONLINE",
+                    retrieve_ae_title=text_of(sop, "RetrieveAETitle").split("\\")[0],
                 )
             )
     return found

@@ -29,6 +29,7 @@ from ris import workflow
 from ris.models import PerformedStatus, PerformedStep
 from ris.timeutil import site_zone
 from worklist import mpps_forward, tasks
+from worklist.arrival import text_of
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,9 @@ def require(ds: Dataset, keywords: tuple[str, ...] | list[str], where: str = "")
             raise Refusal(STATUS_MISSING_ATTRIBUTE_VALUE, f"{where}{keyword} empty")
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return str(value).strip() if value is not None else ""
-
-
 def _moment(ds: Dataset, date_keyword: str, time_keyword: str) -> dt.datetime | None:
     """DA + TM in the site's zone (DICOM times carry none), None when absent or invalid."""
-    date, time = _text(ds, date_keyword), _text(ds, time_keyword).split(".")[0].ljust(6, "0")[:6]
+    date, time = text_of(ds, date_keyword), text_of(ds, time_keyword).split(".")[0].ljust(6, "0")[:6]
     try:
         return dt.datetime.strptime(date + time, "%Y%m%d%H%M%S").replace(tzinfo=site_zone())
     except ValueError:
@@ -126,26 +122,26 @@ def _moment(ds: Dataset, date_keyword: str, time_keyword: str) -> dt.datetime | 
 def step_references(ds: Dataset) -> list[workflow.StepReference]:
     return [
         workflow.StepReference(
-            study_instance_uid=_text(item, "StudyInstanceUID"),
-            accession_number=_text(item, "AccessionNumber"),
-            requested_procedure_id=_text(item, "RequestedProcedureID"),
-            sps_id=_text(item, "ScheduledProcedureStepID"),
+            study_instance_uid=text_of(item, "StudyInstanceUID"),
+            accession_number=text_of(item, "AccessionNumber"),
+            requested_procedure_id=text_of(item, "RequestedProcedureID"),
+            sps_id=text_of(item, "ScheduledProcedureStepID"),
         )
         for item in ds.ScheduledStepAttributesSequence
     ]
 
 
 def performed_patient(ds: Dataset) -> workflow.PerformedPatient:
-    name = (_text(ds, "PatientName").split("=")[0].split("^") + [""] * 5)[:5]
-    birth = _text(ds, "PatientBirthDate")
+    name = (text_of(ds, "PatientName").split("=")[0].split("^") + [""] * 5)[:5]
+    birth = text_of(ds, "PatientBirthDate")
     try:
         birth_date = dt.datetime.strptime(birth, "%Y%m%d").date() if birth else None
     except ValueError:
         birth_date = None
-    sex = _text(ds, "PatientSex").upper()
+    sex = text_of(ds, "PatientSex").upper()
     return workflow.PerformedPatient(
-        patient_id=_text(ds, "PatientID"),
-        issuer=_text(ds, "IssuerOfPatientID"),
+        patient_id=text_of(ds, "PatientID"),
+        issuer=text_of(ds, "IssuerOfPatientID"),
         demographics=workflow.Demographics(
             family_name=name[0],
             given_name=name[1],
@@ -163,18 +159,18 @@ def expected_images(ds: Dataset) -> list[workflow.ExpectedImage]:
     Referenced Non-Image Composite SOP Instance Sequence (SR, PR, KOS...)."""
     found = []
     for series in ds.get("PerformedSeriesSequence", []) or []:
-        series_uid = _text(series, "SeriesInstanceUID")
+        series_uid = text_of(series, "SeriesInstanceUID")
         for keyword in ("ReferencedImageSequence", "ReferencedNonImageCompositeSOPInstanceSequence"):
             for ref in series.get(keyword, []) or []:
-                uid = _text(ref, "ReferencedSOPInstanceUID")
+                uid = text_of(ref, "ReferencedSOPInstanceUID")
                 if uid:
-                    found.append(workflow.ExpectedImage(series_uid, uid, _text(ref, "ReferencedSOPClassUID")))
+                    found.append(workflow.ExpectedImage(series_uid, uid, text_of(ref, "ReferencedSOPClassUID")))
     return found
 
 
 def discontinuation_reason(ds: Dataset) -> str:
     for item in ds.get("PerformedProcedureStepDiscontinuationReasonCodeSequence", []) or []:
-        return _text(item, "CodeMeaning") or _text(item, "CodeValue")
+        return text_of(item, "CodeMeaning") or text_of(item, "CodeValue")
     return ""
 
 
@@ -194,7 +190,7 @@ def handle_n_create(event: evt.Event) -> tuple:
     uid = event.request.AffectedSOPInstanceUID
     ds = event.attribute_list
     require(ds, REQUIRED_AT_CREATE)
-    status = _text(ds, "PerformedProcedureStepStatus")
+    status = text_of(ds, "PerformedProcedureStepStatus")
     if status != PerformedStatus.IN_PROGRESS:
         raise Refusal(STATUS_INVALID_ATTRIBUTE_VALUE, f"PerformedProcedureStepStatus {status!r}: must be IN PROGRESS")
     for index, item in enumerate(ds.ScheduledStepAttributesSequence, 1):
@@ -214,9 +210,9 @@ def handle_n_create(event: evt.Event) -> tuple:
                 step_references(ds),
                 patient=performed_patient(ds),
                 attributes=to_json(ds),
-                modality=_text(ds, "Modality")[:16],
-                pps_id=_text(ds, "PerformedProcedureStepID")[:16],
-                description=_text(ds, "PerformedProcedureStepDescription")[:64],
+                modality=text_of(ds, "Modality")[:16],
+                pps_id=text_of(ds, "PerformedProcedureStepID")[:16],
+                description=text_of(ds, "PerformedProcedureStepDescription")[:64],
                 started_at=_moment(ds, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"),
             )
             if mpps_forward.should_forward(actor.name):
@@ -259,7 +255,7 @@ def handle_n_set(event: evt.Event) -> tuple:
         )
     modifications = event.modification_list
     merged = merge(Dataset.from_json(performed.attributes), modifications)
-    status = _text(merged, "PerformedProcedureStepStatus")
+    status = text_of(merged, "PerformedProcedureStepStatus")
     if status not in PerformedStatus.values:
         raise Refusal(STATUS_INVALID_ATTRIBUTE_VALUE, f"PerformedProcedureStepStatus {status!r} is not defined")
     actor = calling_actor(event)

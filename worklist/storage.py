@@ -176,11 +176,11 @@ def _store(event: evt.Event) -> int:
         ds = event.dataset
     except Exception as exc:
         raise StoreFailure(STATUS_CANNOT_UNDERSTAND, f"data set cannot be decoded: {type(exc).__name__}") from exc
-    sop_uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+    sop_uid = arrival.text_of(ds, "SOPInstanceUID")
     if sop_uid != event.request.AffectedSOPInstanceUID:
         raise StoreFailure(STATUS_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID differs from the request")
-    study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
-    series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    study_uid = arrival.text_of(ds, "StudyInstanceUID")
+    series_uid = arrival.text_of(ds, "SeriesInstanceUID")
     path = instance_path(study_uid, series_uid, sop_uid)
     try:
         header = part10_header(
