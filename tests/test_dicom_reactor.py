@@ -6,14 +6,17 @@ Their behaviour under every DIMSE service, abort and timeout is what the DICOM t
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 
 import pynetdicom
 import pytest
 from pydicom.uid import generate_uid
+from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.sop_class import Verification
 
 from tests.conftest import manage, require_tool, running
 from tests.test_arrival_tracking import ct_file, storescu
@@ -62,14 +65,14 @@ def test_associations_leave_no_sockets_connections_or_threads_behind(ris_env, tm
             files = [ct_file(tmp_path / f"in{i}", study, series, generate_uid()) for _ in range(2)]
             assert storescu(port, files).count("Received Store Response (Success)") == 2
             subprocess.run([echoscu, "-aec", "RIS", "-aet", "CT1", "127.0.0.1", str(port)], check=True, timeout=30)
-        # One association cut off mid-way (no release): the DUL thread ends on the closed socket.
-        aborted = subprocess.Popen(
-            [require_tool("storescu"), "-aet", "CT1", "-aec", "RIS", "127.0.0.1", str(port), str(files[0])],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        aborted.kill()
-        aborted.wait()
+        # One association cut off once established (no release, no abort): its DUL sees the socket close.
+        cut_off = AE(ae_title="CT1")
+        cut_off.add_requested_context(Verification)
+        assoc = cut_off.associate("127.0.0.1", port, ae_title="RIS")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0x0000
+        assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+        assoc.dul.socket.socket.close()
+        assoc.kill()
         after = settled(scp.pid, baseline[0] + 2, baseline[1])
     assert after[0] <= baseline[0] + 2, f"{after[0] - baseline[0]} files open after {2 * ASSOCIATIONS} associations"
     assert after[1] <= baseline[1], f"{after[1] - baseline[1]} more threads after {ASSOCIATIONS * 2} associations"
