@@ -37,6 +37,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 
 import pynetdicom
@@ -294,9 +295,15 @@ def init_association(self: Association, *args, **kwargs) -> None:
 
 
 def kill_association(self: Association) -> None:
+    """Association.kill, polling for the DUL's end every 1 ms instead of 10 (an association's
+    teardown waited up to 10 ms more: a slot held, a forwarded instance slower)."""
+    self._reactor_checkpoint.set()
     self._kill = True
+    self.is_established = False
+    self._is_paused = True
     self._wakeup.set()
-    STOCK["Association.kill"](self)
+    while self.dul.is_alive() and not self.dul.stop_dul():
+        time.sleep(0.001)
 
 
 # (class, attribute, replacement); STOCK keeps what each replaced, as "Class.attribute".
