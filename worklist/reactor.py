@@ -163,6 +163,14 @@ def _wait_for_transport(dul: DULServiceProvider, timeout: float) -> None:
         wakeup.clear()
 
 
+def _peer_has_sent(dul: DULServiceProvider) -> bool:
+    """Whether a PDU waits on the socket. pynetdicom reads the socket only when it has nothing to
+    send: with these loops a C-CANCEL sent after the first of 1,500 MWL matches was read only
+    after the last one in 1 run of 3 (tests/test_mwl_scp.py; never with the stock loops), so
+    incoming PDUs now come first. (Sta13 is left to pynetdicom's check, which closes the socket.)"""
+    return dul.state_machine.current_state != "Sta13" and dul.socket is not None and dul.socket.ready
+
+
 def run_dul_reactor(self: DULServiceProvider) -> None:
     """pynetdicom 3.0.4's DULServiceProvider.run_reactor, waiting instead of sleeping 1 ms."""
     self._idle_timer.start()
@@ -179,7 +187,10 @@ def run_dul_reactor(self: DULServiceProvider) -> None:
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
             try:
-                if self._process_recv_primitive():
+                if _peer_has_sent(self):  # a C-CANCEL or A-ABORT is read while a C-FIND answer streams out
+                    self._read_pdu_data()
+                    self._idle_timer.restart()
+                elif self._process_recv_primitive():
                     pass
                 elif self._is_transport_event():
                     self._idle_timer.restart()
