@@ -163,12 +163,10 @@ def _wait_for_transport(dul: DULServiceProvider, timeout: float) -> None:
         wakeup.clear()
 
 
-def _peer_has_sent(dul: DULServiceProvider) -> bool:
-    """Whether a PDU waits on the socket. pynetdicom reads the socket only when it has nothing to
-    send: with these loops a C-CANCEL sent after the first of 1,500 MWL matches was read only
-    after the last one in 1 run of 3 (tests/test_mwl_scp.py; never with the stock loops), so
-    incoming PDUs now come first. (Sta13 is left to pynetdicom's check, which closes the socket.)"""
-    return dul.state_machine.current_state != "Sta13" and dul.socket is not None and dul.socket.ready
+# Incoming first: pynetdicom reads the socket only when it has nothing to send. With these
+# loops a C-CANCEL sent after the first of 1,500 MWL matches was read only after the last one in
+# 1 run of 3 (tests/test_mwl_scp.py; never with the stock loops), so a waiting PDU is read before
+# anything more is sent. One readiness check per loop, as pynetdicom's; Sta13 keeps its order.
 
 
 def run_dul_reactor(self: DULServiceProvider) -> None:
@@ -187,13 +185,14 @@ def run_dul_reactor(self: DULServiceProvider) -> None:
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
             try:
-                if _peer_has_sent(self):  # a C-CANCEL or A-ABORT is read while a C-FIND answer streams out
+                if self.state_machine.current_state == "Sta13":  # closing: pynetdicom's order and check
+                    if not self._process_recv_primitive() and self._is_transport_event():
+                        self._idle_timer.restart()
+                elif self.socket is not None and self.socket.ready:  # incoming first: see the note above
                     self._read_pdu_data()
                     self._idle_timer.restart()
-                elif self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
+                else:
+                    self._process_recv_primitive()
             except Exception as exc:
                 log.error("Exception in DUL.run(), aborting association")
                 log.exception(exc)
