@@ -34,6 +34,8 @@ def test_ascii_values_are_read_as_they_came():
     assert text_of(arrived, "AccessionNumber") == "ACC7"
     assert text_of(arrived, "RetrieveAETitle") == "PACS1\\PACS2"
     assert text_of(arrived, "PatientID") == ""
+    arrived[0x00080054] = RawDataElement(Tag(0x00080054), "AE", 14, b"PACS1 \\ PACS2  ", 0, False, True)
+    assert text_of(arrived, "RetrieveAETitle") == "PACS1\\PACS2"  # each value without its padding
     instance = instance_from_dataset(arrived)
     assert (instance.sop_instance_uid, instance.modality, instance.series_number) == ("1.2.3.4", "CT", 12)
     assert instance.study_date.isoformat() == "2026-11-27" and instance.instance_number is None
