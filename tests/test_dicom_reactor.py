@@ -14,8 +14,6 @@ import pynetdicom
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification
 
 from tests.conftest import manage, require_tool, running
@@ -80,8 +78,9 @@ def test_associations_leave_no_sockets_connections_or_threads_behind(ris_env, tm
 
 def test_another_pynetdicom_version_keeps_its_stock_reactors(monkeypatch):
     assert not reactor.STOCK, "the test process itself must not run the patched reactors"
-    stock = (Association.__init__, Association._run_reactor, Association.kill, DULServiceProvider.run_reactor)
+    stock = [getattr(owner, name) for owner, name, _ in reactor._REPLACEMENTS]
     monkeypatch.setattr(pynetdicom, "__version__", "3.1.0")
     assert reactor.install() is False
-    assert (Association.__init__, Association._run_reactor, Association.kill, DULServiceProvider.run_reactor) == stock
+    assert [getattr(owner, name) for owner, name, _ in reactor._REPLACEMENTS] == stock
+    assert not any(replacement in stock for _, _, replacement in reactor._REPLACEMENTS)
     assert not reactor.STOCK

@@ -159,3 +159,48 @@ def test_command_sets_are_encoded_byte_for_byte_as_pydicom_does(index):
 
     command_set = command_sets()[index]
     assert encode_command_set(command_set) == encode(command_set, True, True)
+
+
+def c_store_responses() -> list:
+    from pynetdicom.dimse_primitives import C_STORE
+
+    cases = [
+        {"Status": 0x0000},
+        {"Status": 0xB000, "ErrorComment": "coerced"},
+        {"Status": 0xA700, "ErrorComment": "storage unavailable (ENOSPC)"},
+        {"Status": 0xA900, "ErrorComment": "", "OffendingElement": [0x00080018, 0x0020000D]},
+        {"Status": 0xC000, "OffendingElement": 0x00080018, "AffectedSOPInstanceUID": None},
+        {"Status": 0x0000, "AffectedSOPClassUID": None},
+    ]
+    responses = []
+    for case in cases:
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = 65535
+        rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        rsp.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.123"  # odd length: padded
+        for keyword, value in case.items():
+            setattr(rsp, keyword, value)
+        responses.append(rsp)
+    return responses
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_c_store_responses_are_encoded_byte_for_byte_as_pynetdicom_does(index):
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dsutils import encode
+
+    from worklist.datasets import encode_c_store_response
+
+    rsp = c_store_responses()[index]
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    assert encode_c_store_response(rsp) == encode(message.command_set, True, True)
+
+
+def test_a_c_store_response_it_cannot_encode_is_left_to_pynetdicom():
+    from worklist.datasets import encode_c_store_response
+
+    rsp = c_store_responses()[2]
+    rsp.ErrorComment = "không ghi được"
+    with pytest.raises(ValueError):
+        encode_c_store_response(rsp)

@@ -50,10 +50,14 @@ import pynetdicom
 from django.db import connections
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
+
+from worklist.datasets import encode_c_store_response
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +343,26 @@ def init_association(self: Association, *args, **kwargs) -> None:
     self.dimse.msg_queue = DimseMessages(self)
 
 
+def send_dimse_message(self: DIMSEServiceProvider, primitive, context_id: int) -> None:
+    """DIMSEServiceProvider.send_msg, a C-STORE-RSP encoded straight from its primitive: pynetdicom
+    builds a DIMSEMessage and a pydicom Dataset for it, ~150 µs of each instance stored. Only
+    when no EVT_DIMSE_SENT handler wants the message object and the command set fits one PDU;
+    anything else goes through pynetdicom."""
+    if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None:
+        try:
+            command_set = encode_c_store_response(primitive)
+        except ValueError:
+            command_set = None
+        max_pdu = self.maximum_pdu_size
+        fits = command_set is not None and (max_pdu == 0 or len(command_set) + 6 <= max_pdu)
+        if fits and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + command_set))  # last command fragment
+            self.dul.send_pdu(pdata)
+            return
+    STOCK["DIMSEServiceProvider.send_msg"](self, primitive, context_id)
+
+
 def kill_association(self: Association) -> None:
     """Association.kill, polling for the DUL's end every 1 ms instead of 10 (an association's
     teardown waited up to 10 ms more: a slot held, a forwarded instance slower)."""
@@ -360,6 +384,7 @@ _REPLACEMENTS = [
     (DULServiceProvider, "kill_dul", kill_dul),
     (DULServiceProvider, "stop_dul", stop_dul),
     (AssociationSocket, "recv", receive_bytes),
+    (DIMSEServiceProvider, "send_msg", send_dimse_message),
 ]
 STOCK: dict[str, Callable] = {}
 _install_lock = threading.Lock()
