@@ -154,10 +154,13 @@ def write_atomically(path: Path, data: bytes) -> bool:
     renamed = False
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fdatasync(out.fileno())
+        try:
+            rest = memoryview(data)
+            while rest:  # os.write may write less than asked
+                rest = rest[os.write(fd, rest) :]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
         os.replace(temporary, path)
         renamed = True
         sync_directory(path.parent)
