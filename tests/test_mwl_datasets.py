@@ -204,3 +204,52 @@ def test_a_c_store_response_it_cannot_encode_is_left_to_pynetdicom():
     rsp.ErrorComment = "không ghi được"
     with pytest.raises(ValueError):
         encode_c_store_response(rsp)
+
+
+def c_store_request_message(**fields):
+    """A C-STORE-RQ as pynetdicom encodes it, decoded back into a DIMSE message."""
+    from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+    from pynetdicom.dimse_primitives import C_STORE
+
+    request = C_STORE()
+    request.MessageID, request.Priority = 7, 2
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.123"
+    request.DataSet = BytesIO(b"\x08\x00\x18\x00\x04\x00\x00\x001.23")
+    for keyword, value in fields.items():
+        setattr(request, keyword, value)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    received = DIMSEMessage()
+    for pdata in message.encode_msg(1, 16382):
+        received.decode_msg(pdata)
+    return received
+
+
+PRIMITIVE_FIELDS = ("MessageID", "Priority", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "MoveOriginatorMessageID")
+
+
+@pytest.mark.parametrize("fields", [{}, {"Priority": 0, "MessageID": 65535}, {"AffectedSOPInstanceUID": "1.2.3.44"}])
+def test_c_store_requests_are_read_as_pynetdicom_reads_them(fields):
+    from pynetdicom.dimse_messages import DIMSEMessage
+
+    from worklist import reactor
+    from worklist.datasets import decode_c_store_request
+
+    message = c_store_request_message(**fields)
+    assert decode_c_store_request(message.encoded_command_set.getvalue()) is not None  # the fast path
+    fast, stock = reactor.message_to_primitive(message), DIMSEMessage.message_to_primitive(message)
+    assert [getattr(fast, name) for name in PRIMITIVE_FIELDS] == [getattr(stock, name) for name in PRIMITIVE_FIELDS]
+    assert (fast.DataSet, fast._context_id) == (stock.DataSet, stock._context_id) == (message.data_set, 1)
+
+
+def test_a_c_store_request_out_of_the_plain_case_is_left_to_pynetdicom():
+    from worklist.datasets import decode_c_store_request
+
+    moved = c_store_request_message(MoveOriginatorApplicationEntityTitle="MOVER", MoveOriginatorMessageID=3)
+    assert decode_c_store_request(moved.encoded_command_set.getvalue()) is None
+    encoded = c_store_request_message().encoded_command_set.getvalue()
+    assert decode_c_store_request(encoded) is not None
+    assert decode_c_store_request(encoded[:-3]) is None  # cut short
+    several = encoded.replace(b"1.2.826.0.1.3680043.8.498.123\x00", b"1.2.826.0.1.3680043.8.498\\123\x00")
+    assert len(several) == len(encoded) and decode_c_store_request(several) is None

@@ -51,13 +51,14 @@ from django.db import connections
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
-from worklist.datasets import encode_c_store_response
+from worklist.datasets import decode_c_store_request, encode_c_store_response
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +344,23 @@ def init_association(self: Association, *args, **kwargs) -> None:
     self.dimse.msg_queue = DimseMessages(self)
 
 
+def message_to_primitive(self: DIMSEMessage):
+    """DIMSEMessage.message_to_primitive, a plain C-STORE-RQ's command set read straight from its
+    bytes (worklist.datasets.decode_c_store_request) rather than from the pydicom Dataset decoded
+    from them; the primitive's own setters still check every value."""
+    fields = decode_c_store_request(self.encoded_command_set.getvalue()) if type(self) is C_STORE_RQ else None
+    if fields is None:
+        return STOCK["DIMSEMessage.message_to_primitive"](self)
+    primitive = C_STORE()
+    for attribute, value in fields.items():
+        setattr(primitive, attribute, value)
+    primitive.DataSet = self.data_set
+    primitive._context_id = self.context_id
+    primitive._dataset_path = self._data_set_path
+    primitive._dataset_file = self._data_set_file
+    return primitive
+
+
 def send_dimse_message(self: DIMSEServiceProvider, primitive, context_id: int) -> None:
     """DIMSEServiceProvider.send_msg, a C-STORE-RSP encoded straight from its primitive: pynetdicom
     builds a DIMSEMessage and a pydicom Dataset for it, ~150 µs of each instance stored. Only
@@ -385,6 +403,7 @@ _REPLACEMENTS = [
     (DULServiceProvider, "stop_dul", stop_dul),
     (AssociationSocket, "recv", receive_bytes),
     (DIMSEServiceProvider, "send_msg", send_dimse_message),
+    (DIMSEMessage, "message_to_primitive", message_to_primitive),
 ]
 STOCK: dict[str, Callable] = {}
 _install_lock = threading.Lock()
