@@ -51,9 +51,10 @@ def _integer(ds: Dataset, keyword: str) -> int | None:
 
 
 def _date(ds: Dataset, keyword: str) -> dt.date | None:
-    try:
-        return dt.datetime.strptime(text_of(ds, keyword)[:8], "%Y%m%d").date()
-    except ValueError:
+    text = text_of(ds, keyword)[:8]
+    try:  # YYYYMMDD (PS3.5 DA); strptime costs ~10 µs an instance
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:])) if len(text) == 8 and text.isdigit() else None
+    except ValueError:  # no such day
         return None
 
 
