@@ -47,6 +47,9 @@ from common import (
 )
 
 QUIET_SECONDS = 1.0
+# Before the ingest rounds: how long after a sync the inodes freed by earlier steps stop being
+# "recently deleted" for ext4 without a journal (60 s for a clean inode table block, fs/ext4/ialloc.c).
+SETTLE_SECONDS = 61
 
 
 # --- Data -----------------------------------------------------------------------------------
@@ -245,13 +248,14 @@ def store_into_fresh_orthanc(work: Path, run: int, folder: Path) -> float:
         stop(orthanc)
 
 
-def measure_ingest(work: Path, n: int, runs: int) -> dict:
+def measure_ingest(work: Path, n: int, runs: int, settle: float = SETTLE_SECONDS) -> dict:
     """`runs` rounds, each storing a fresh set into the RIS, storescp and a fresh Orthanc one
     after the other (the order turning each round), so the disk's and the machine's moods of the
     moment fall on all three alike; medians of seconds, and the median of each round's ratio.
-    Nothing is deleted until the last round: on ext4 without a journal (this VM's disk) creating a
-    file scans past every inode freed in the last minute or so, which made the receiver after
-    a deletion pay up to 0.7 ms more per file."""
+    On ext4 without a journal (this VM's disk) creating a file scans past every inode freed in the
+    last minute or more, which cost whoever created files after a deletion up to 0.7 ms more per
+    file. So nothing is deleted before the last round, and the rounds start `settle` seconds after
+    a sync, past the deletions of the steps before (other benchmarks, earlier runs)."""
     database = work / "ingest.sqlite3"
     broker = f"sqla+sqlite:///{work / 'ingest-broker.sqlite3'}"
     with Stack(work, f"sqlite:///{database}", broker) as stack:
@@ -277,6 +281,8 @@ def measure_ingest(work: Path, n: int, runs: int) -> dict:
         seconds: dict[str, list[float]] = {name: [] for name in receivers}
         try:
             wait_port(peer_port, peer)
+            os.sync()
+            time.sleep(settle)
             for i in range(runs):
                 names = list(receivers)
                 names = names[i % len(names) :] + names[: i % len(names)]
@@ -285,7 +291,7 @@ def measure_ingest(work: Path, n: int, runs: int) -> dict:
         finally:
             stop(peer)
         stored = sum(1 for _ in (work / "ris-storage").rglob("*.dcm"))
-    result = {"n": n, "runs": runs, "stored": stored, "orthanc": None, "round_ratio": None}
+    result = {"n": n, "runs": runs, "stored": stored, "orthanc": None, "round_ratio": None, "settle": settle}
     result.update({name: statistics.median(values) for name, values in seconds.items()})
     if "orthanc" in seconds:
         rounds = zip(seconds["ours"], seconds["orthanc"], strict=True)
@@ -347,7 +353,11 @@ def markdown(ingest: dict, latencies: list[dict], quick: bool) -> str:
         "matches it to its exam and queues the completeness check; storescp only writes files. "
         "Orthanc (1.10 from Debian, SQLite index, a fresh instance per run) stores and indexes them. "
         "Before answering, the RIS fdatasyncs each file and fsyncs its folder; Orthanc fdatasyncs each "
-        "file and its index (strace: two per instance); storescp syncs nothing."
+        "file and its index (strace: two per instance); storescp syncs nothing. The rounds start "
+        f"{ingest['settle']:g} s after a sync and no file is deleted before the last one: on ext4 without "
+        "a journal, as this VM's, creating a file within a minute or more of deletions costs up to "
+        "0.7 ms more, and it cost the RIS more than Orthanc (RIS/Orthanc 0.61 in one run started right "
+        "after another's clean-up, 2026-11-27, on code ~0.1 ms an instance slower than this)."
         + (" Quick mode: small N." if quick else ""),
         "",
         "| receiver | seconds | instances/s |",
@@ -394,7 +404,7 @@ def run(quick: bool) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         work = Path(tmp)
         (work / "ingest").mkdir()
-        ingest = measure_ingest(work / "ingest", n, runs)
+        ingest = measure_ingest(work / "ingest", n, runs, settle=0 if quick else SETTLE_SECONDS)
         print(f"   ingest: {ingest}", flush=True)
         (work / "sqlite").mkdir()
         latencies.append(
