@@ -420,7 +420,7 @@ def install() -> bool:
             return True
         if pynetdicom.__version__ != PYNETDICOM_VERSION:
             log.warning(
-                "pynetdicom %s is not %s: keeping its polling reactors (≈2 ms more per DIMSE exchange)",
+                "pynetdicom %s is not %s: keeping its polling reactors and codecs (≈2 ms more per DIMSE exchange)",
                 pynetdicom.__version__,
                 PYNETDICOM_VERSION,
             )
