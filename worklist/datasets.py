@@ -417,7 +417,7 @@ C_STORE_RQ_ELEMENTS = {
     0x1000: ("UI", "AffectedSOPInstanceUID"),
 }
 _ELEMENT_HEADER = struct.Struct("<HHI")
-_NUMBER_LAYOUTS = {"US": struct.Struct("<H"), "UL": struct.Struct("<I")}
+_NUMBER_LAYOUTS = {vr: struct.Struct("<" + COMMAND_NUMBER_FORMATS[vr]) for vr in ("US", "UL")}
 
 
 def decode_c_store_request(encoded: bytes) -> dict[str, int | str] | None:

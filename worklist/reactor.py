@@ -370,14 +370,14 @@ def send_dimse_message(self: DIMSEServiceProvider, primitive, context_id: int) -
     builds a DIMSEMessage and a pydicom Dataset for it, ~150 µs of each instance stored. Only
     when no EVT_DIMSE_SENT handler wants the message object and the command set fits one PDU;
     anything else goes through pynetdicom."""
-    if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None:
+    c_store_response = type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None
+    if c_store_response and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
         try:
             command_set = encode_c_store_response(primitive)
         except ValueError:
-            command_set = None
+            command_set = b""
         max_pdu = self.maximum_pdu_size
-        fits = command_set is not None and (max_pdu == 0 or len(command_set) + 6 <= max_pdu)
-        if fits and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        if command_set and (max_pdu == 0 or len(command_set) + 6 <= max_pdu):
             pdata = P_DATA()
             pdata.presentation_data_value_list.append((context_id, b"\x03" + command_set))  # last command fragment
             self.dul.send_pdu(pdata)
